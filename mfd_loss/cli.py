@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from . import demo
+
 __all__ = ["main"]
 
 
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mfd-loss`` command."""
     parser = argparse.ArgumentParser(prog="mfd-loss", description="Manifold Feature Distance tools")
     sub = parser.add_subparsers(dest="command", required=True)
+    demo.add_parser(sub)
     _add_train(sub)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,99 @@
+"""``mfd-loss demo``: what MFD does on real CIFAR-10 images, next to L2 and pseudo-Huber, in seconds.
+
+Each row displaces real test images by a small residual of one kind, rescaled so that every kind has the
+same pixel RMS: residuals of nuisance transformations (sub-pixel shift, rotation, brightness, contrast,
+hue) stay close to the data manifold (tangent directions), while Gaussian noise, blur and mixing in another
+image leave it. A pixel loss cannot tell them apart at equal RMS; MFD can. The last part splits the
+gradient of each loss for a prediction displaced equally along a tangent and off the manifold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from torch import Tensor
+
+from .datasets import load_sample_images, to_model_range
+from .loss import ManifoldFeatureDistance
+from .perturbations import Perturbations
+
+__all__ = ["run_demo"]
+
+_KINDS = {  # name -> (perturbation op, on-manifold?)
+    "shift": ("translation", True),
+    "rotation": ("rotation", True),
+    "brightness": ("brightness", True),
+    "contrast": ("contrast", True),
+    "hue": ("hue", True),
+    "gaussian noise": ("noise", False),
+    "blur": ("blur", False),
+    "mixup": ("mixup", False),
+}
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.flatten(1).pow(2).mean(1).sqrt()
+
+
+def matched_residual(x: Tensor, op: str, rms: float, generator: torch.Generator) -> Tensor:
+    """Residual of perturbation ``op`` applied to x (N, C, H, W), rescaled to pixel RMS ``rms`` per sample."""
+    perturbed, _ = Perturbations([op], p=1.0)(x, generator=generator)
+    residual = perturbed - x
+    return residual * (rms / _rms(residual).clamp_min(1e-12))[:, None, None, None]
+
+
+def pseudo_huber(x: Tensor, y: Tensor) -> Tensor:
+    """iCT pseudo-Huber sqrt(||x - y||^2 + c^2) - c with c = 0.00054 sqrt(d), per sample (Song & Dhariwal 2023)."""
+    c = 0.00054 * math.sqrt(x[0].numel())
+    return torch.sqrt((x - y).flatten(1).pow(2).sum(1) + c**2) - c
+
+
+def run_demo(pretrained: str = "cifar10", num_images: int = 16, rms: float = 0.05, seed: int = 0) -> str:
+    """Build the demo report (a text table) and return it."""
+    loss_fn = ManifoldFeatureDistance(pretrained=pretrained)
+    images, _ = load_sample_images()
+    x = to_model_range(images[:num_images])
+    g = torch.Generator().manual_seed(seed)
+    lines = [f"{num_images} real CIFAR-10 test images; every residual rescaled to pixel RMS {rms} "
+             f"(in [-1, 1] units); feature map: {pretrained}", ""]
+    lines.append(f"{'residual kind':<16}{'manifold':>9}{'L2^2':>10}{'pseudo-Huber':>14}{'MFD':>10}{'MFD / L2^2':>12}")
+    residuals = {}
+    for name, (op, on_manifold) in _KINDS.items():
+        r = matched_residual(x, op, rms, g)
+        residuals[name] = r
+        l2 = (r.flatten(1).pow(2).sum(1)).mean().item()
+        ph = pseudo_huber(x + r, x).mean().item()
+        mfd = loss_fn(x + r, x).mean().item()
+        lines.append(f"{name:<16}{'on' if on_manifold else 'off':>9}{l2:>10.3f}{ph:>14.3f}{mfd:>10.2f}{mfd / l2:>12.2f}")
+    lines += ["", "Gradient split: prediction = target + tangent residual (shift) + off-manifold residual (noise),",
+              "both of equal RMS. Share of the descent direction's energy along each (L2 splits ~50/50):", ""]
+    tangent, normal = residuals["shift"], residuals["gaussian noise"]
+    prediction = (x + tangent + normal).requires_grad_(True)
+    losses = {"L2": lambda p: (p - x).flatten(1).pow(2).sum(1), "pseudo-Huber": lambda p: pseudo_huber(p, x),
+              "MFD": lambda p: loss_fn(p, x)}
+    lines.append(f"{'loss':<14}{'along tangent':>15}{'along noise':>13}{'elsewhere':>11}")
+    for name, fn in losses.items():
+        (grad,) = torch.autograd.grad(fn(prediction).sum(), prediction)
+        grad = grad.flatten(1)
+        t_hat = tangent.flatten(1) / tangent.flatten(1).norm(dim=1, keepdim=True)
+        n_hat = normal.flatten(1) - (normal.flatten(1) * t_hat).sum(1, keepdim=True) * t_hat
+        n_hat = n_hat / n_hat.norm(dim=1, keepdim=True)
+        energy = grad.pow(2).sum(1)
+        along_t = ((grad * t_hat).sum(1).pow(2) / energy).mean().item()
+        along_n = ((grad * n_hat).sum(1).pow(2) / energy).mean().item()
+        lines.append(f"{name:<14}{along_t:>15.1%}{along_n:>13.1%}{1 - along_t - along_n:>11.1%}")
+    lines += ["", "Read: at equal pixel error, MFD scores off-manifold residuals (noise, blur, mixup) far higher than",
+              "on-manifold ones, and its gradient spends little energy moving the image along the manifold."]
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="show MFD next to L2 and pseudo-Huber on real CIFAR-10 images",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pretrained", default="cifar10", help="registered name or folder of the feature map")
+    p.add_argument("--num-images", type=int, default=16, help="how many of the 64 packaged test images to use")
+    p.add_argument("--rms", type=float, default=0.05, help="pixel RMS of every residual, in [-1, 1] units")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    p.set_defaults(func=lambda args: print(run_demo(args.pretrained, args.num_images, args.rms, args.seed)) or 0)
