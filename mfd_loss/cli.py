@@ -73,12 +73,45 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a training run's checkpoint as model.safetensors + config.json",
+        description="Export the model in RUN/checkpoint.pt (finished or not) to OUT, evaluating per-label R^2 on "
+                    "the whole held-out split of --data when given.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run folder holding checkpoint.pt")
+    p.add_argument("out", help="destination folder")
+    p.add_argument("--data", choices=["cifar10", "mnist"], default=None, help="evaluate on this data set's test split")
+    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ and mnist/")
+    p.add_argument("--dtype", default="float16", choices=["float32", "float16"], help="storage dtype")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .datasets import load_cifar10, load_mnist
+    from .trainer import export_run
+
+    eval_images, eval_name = None, None
+    if args.data:
+        eval_images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[args.data]("test", args.data_dir)
+        eval_name = f"{args.data} test split, {eval_images.shape[0]} images"
+    config = export_run(args.run, args.out, dtype=getattr(torch, args.dtype), eval_images=eval_images,
+                        eval_name=eval_name)
+    print(json.dumps(config.get("metrics", {}), indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mfd-loss`` command."""
     parser = argparse.ArgumentParser(prog="mfd-loss", description="Manifold Feature Distance tools")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     _add_train(sub)
+    _add_export(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

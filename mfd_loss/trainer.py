@@ -31,7 +31,7 @@ from .feature_maps import FeatureMapConfig, VGGFeatureMap
 from .perturbations import LabelSpec, Perturbations, label_spec
 from .serialization import save_feature_map
 
-__all__ = ["TrainConfig", "regression_metrics", "evaluate_feature_map", "train_feature_map"]
+__all__ = ["TrainConfig", "regression_metrics", "evaluate_feature_map", "train_feature_map", "export_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -260,7 +260,7 @@ def train_feature_map(
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "train_seconds": train_seconds, "history": history, "recipe": asdict(config),
-            "architecture": arch.to_dict(), "label_spec": spec.to_dict(),
+            "architecture": arch.to_dict(), "label_spec": spec.to_dict(), "dataset": dataset or {},
         })
 
     def log(entry: dict[str, Any]) -> None:
@@ -313,11 +313,82 @@ def train_feature_map(
     summary = {"step": step, "finished": finished, "images_seen": step * config.batch_size,
                "train_seconds": round(train_seconds, 1), "metrics": evals[-1] if evals else None}
     if finished:
-        recipe = {**asdict(config), "objective": "MSE on the perturbation label vector", "optimizer": "RAdam",
-                  "weight_decay": 0.0, "steps_done": step, "images_seen": step * config.batch_size,
-                  "train_seconds": summary["train_seconds"], "device": str(device), "torch": torch.__version__}
-        metadata = {"dataset": dataset or {}, "recipe": recipe}
-        if evals:
-            metadata["metrics"] = {"held_out": evals[-1]}
-        save_feature_map(model, out_dir, label_spec=spec, metadata=metadata, dtype=export_dtype)
+        export_run(out_dir, out_dir, dtype=export_dtype)
     return model.eval(), summary
+
+
+def fp16_relative_change(feature_map: VGGFeatureMap, images: Tensor) -> float:
+    """Largest relative change of per-sample MFD values when the weights are stored in float16.
+
+    Compares the map against a copy whose floating tensors went through float16, on pairs made by
+    shifting the (N, C, H, W) uint8 ``images`` by one pixel (a typical small residual).
+    """
+    from .distance import manifold_feature_distance
+
+    rounded = VGGFeatureMap(feature_map.config)
+    rounded.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
+                             for k, v in feature_map.state_dict().items()})
+    x = images.float() / 127.5 - 1.0
+    y = torch.roll(x, 1, dims=-1)
+    with torch.no_grad():
+        exact = manifold_feature_distance(feature_map.eval(), x, y, check_range=False)
+        approx = manifold_feature_distance(rounded.eval(), x, y, check_range=False)
+    return float(((approx - exact).abs() / exact).max())
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    eval_images: Tensor | None = None,
+    eval_name: str | None = None,
+    dataset: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export the model of a run's checkpoint as ``model.safetensors`` + ``config.json``.
+
+    Works on finished and unfinished runs (the recipe records ``steps_done``). The exported
+    ``config.json`` carries the dataset, the recipe, the training time and the held-out metrics.
+
+    Args:
+        run_dir: folder holding ``checkpoint.pt``.
+        out_dir: destination folder (may equal run_dir).
+        dtype: storage dtype; with float16 the largest relative change of MFD values caused by the
+            rounding is measured on eval_images (or the packaged sample) and recorded.
+        eval_images: (M, C, H, W) uint8 held-out images; when given, per-label R^2/MSE are computed on
+            all of them and stored under ``metrics["held_out"]`` (else the run's last evaluation is used).
+        eval_name: description of eval_images stored with the metrics (e.g. "cifar10 test, 10000 images").
+        dataset: description of the training data; default: the one stored in the checkpoint.
+
+    Returns:
+        the exported config dict.
+    """
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    arch = FeatureMapConfig.from_dict(state["architecture"])
+    spec = LabelSpec.from_dict(state["label_spec"])
+    config = TrainConfig(**state["recipe"])
+    model = VGGFeatureMap(arch)
+    model.load_state_dict(state["model"], strict=True)
+    model.eval()
+    evals = [h["eval"] for h in state["history"] if "eval" in h]
+    metrics = evals[-1] if evals else None
+    if eval_images is not None:
+        p = config.p_max if config.eval_p is None else config.eval_p
+        metrics = evaluate_feature_map(model, eval_images, Perturbations(spec, p=p), p=p)
+    if metrics is not None and eval_name:
+        metrics = {**metrics, "images": eval_name}
+    step = state["step"]
+    recipe = {**asdict(config), "objective": "MSE on the perturbation label vector", "optimizer": "RAdam",
+              "weight_decay": 0.0, "steps_done": step, "images_seen": step * config.batch_size,
+              "train_seconds": round(state["train_seconds"], 1), "torch": torch.__version__}
+    metadata: dict[str, Any] = {"dataset": dataset if dataset is not None else state.get("dataset", {}),
+                                "recipe": recipe}
+    if metrics is not None:
+        metadata["metrics"] = {"held_out": metrics}
+    if dtype == torch.float16 and (eval_images is not None or (arch.in_channels, arch.resolution) == (3, (32, 32))):
+        from .datasets import load_sample_images
+
+        sample = eval_images[:256] if eval_images is not None else load_sample_images()[0]
+        metadata["fp16_storage_max_relative_mfd_change"] = fp16_relative_change(model, sample)
+    save_feature_map(model, out_dir, label_spec=spec, metadata=metadata, dtype=dtype)
+    return {"architecture": arch.to_dict(), **metadata}
