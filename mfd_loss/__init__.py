@@ -11,7 +11,7 @@ from .distance import manifold_feature_distance
 from .feature_maps import FeatureMapConfig, VGGFeatureMap, build_feature_map
 from .loss import MFD, ManifoldFeatureDistance
 from .perturbations import LabelSpec, Perturbations, label_spec
-from .pretrained import list_pretrained, load_pretrained
+from .pretrained import download_pretrained, list_pretrained, load_pretrained
 from .serialization import load_feature_map, save_feature_map
 from .trainer import TrainConfig, train_feature_map
 
@@ -30,6 +30,7 @@ __all__ = [
     "label_spec",
     "list_pretrained",
     "load_pretrained",
+    "download_pretrained",
     "save_feature_map",
     "load_feature_map",
     "TrainConfig",

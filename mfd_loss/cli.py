@@ -4,72 +4,113 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
-from . import demo
+from . import demo, hub_cli
 
 __all__ = ["main"]
+
+
+_TRAIN_EPILOG = """examples:
+  # the paper's CIFAR-10 recipe (VGG16-BN, 15 labels, batch 512, 400k steps); rerun to resume
+  mfd-loss train --data cifar10 --out runs/cifar10
+  # a folder of your own 64x64 RGB images, a lighter map, 2% of the images held out for R^2
+  mfd-loss train --data path/to/images --size 64 64 --arch vgg11 --width 0.5 --steps 20000 --batch-size 128 --out runs/mine
+  # grayscale (MNIST); the preset without colour ops is chosen automatically
+  mfd-loss train --data mnist --arch vgg11 --width 0.5 --out runs/mnist
+  # latents saved as float32 (N, 4, 32, 32) in roughly [-4, 4]
+  mfd-loss train --data latents.npy --input-range -4 4 --out runs/latents
+  # 4 GPUs on one node
+  torchrun --nproc-per-node 4 -m mfd_loss.cli train --data cifar10 --device cuda --precision bf16 --out runs/c10
+"""
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a feature map on an image data set",
-        description="Train a feature map by regressing the parameters of random perturbations applied to real "
-                    "images (METHOD.md Sec. 3). Checkpoints every --checkpoint-every steps; rerunning the same "
-                    "command resumes exactly where it stopped. On completion the folder holds model.safetensors "
-                    "and config.json, loadable with MFD(pretrained=FOLDER).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="train a feature map on your images",
+        description="Train a feature map by regressing the parameters of random perturbations (geometric, colour, "
+                    "degradation) applied to real images (METHOD.md Sec. 3). The run folder receives checkpoint.pt "
+                    "(atomic, every --checkpoint-every steps), log.csv, eval.csv (per-label R^2 on held-out images) "
+                    "and, at the end, model.safetensors + config.json: load them with MFD(pretrained=RUN_FOLDER). "
+                    "Rerunning the same command resumes exactly where it stopped.",
+        epilog=_TRAIN_EPILOG,
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--data", choices=["cifar10", "mnist"], default="cifar10", help="training data set")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10/ and mnist/ (default: $MFD_DATA_DIR or ../shared/data)")
-    p.add_argument("--out", required=True, help="run folder (checkpoint, log.jsonl, exported weights)")
-    p.add_argument("--arch", default="vgg16", choices=["vgg11", "vgg13", "vgg16", "vgg19"], help="VGG-BN conv plan")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (0.5 = half width)")
-    p.add_argument("--spec", default="all", help="perturbation preset (all, geometric, geometric+colour, "
-                                                 "geometric+degradation, degradation) or comma-separated op names")
-    p.add_argument("--steps", type=int, default=400_000, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=512, help="images per step")
-    p.add_argument("--lr", type=float, default=1e-4, help="RAdam learning rate")
-    p.add_argument("--p-max", type=float, default=0.15, help="final per-op perturbation probability")
-    p.add_argument("--ramp-steps", type=int, default=50_000, help="steps of the linear 0 -> p-max ramp")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and perturbations")
-    p.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations (0: end only)")
-    p.add_argument("--eval-size", type=int, default=2000, help="held-out images per evaluation")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long; rerun to resume")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--export-dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the exported weights")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True, help="cifar10 | mnist (project archives) | torchvision:NAME | a folder "
+                                                    "of images | a .npy/.npz file of images")
+    data.add_argument("--eval-data", default=None, help="held-out images (same forms); default: the test split of "
+                                                        "cifar10/mnist, else --eval-fraction of --data")
+    data.add_argument("--eval-fraction", type=float, default=0.02, help="share of --data held out when there is no --eval-data")
+    data.add_argument("--data-dir", default=None, help="where cifar10/mnist archives or torchvision data sets live")
+    data.add_argument("--download", action="store_true", help="let torchvision download its data set (needs internet)")
+    data.add_argument("--input-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                      help="value range of float data (uint8 data is [0, 255]); mapped to [-1, 1]")
+    data.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="resize folder images to H x W")
+    data.add_argument("--channels", type=int, choices=[1, 3], default=None, help="decode folder images as 1 or 3 channels")
+    data.add_argument("--key", default=None, help="array name inside an .npz file")
+    data.add_argument("--layout", choices=["auto", "nchw", "nhwc"], default="auto", help="axis order of array files")
+    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    model = p.add_argument_group("feature map")
+    model.add_argument("--arch", default="vgg16", choices=["vgg11", "vgg13", "vgg16", "vgg19", "resnet10", "resnet18", "resnet34"],
+                       help="network family and depth")
+    model.add_argument("--width", type=float, default=1.0, help="channel multiplier (0.5 = half width)")
+    model.add_argument("--spec", default="auto", help="perturbations: auto (by channel count) | all | geometric | "
+                                                      "geometric+colour | geometric+degradation | degradation | "
+                                                      "grayscale | comma-separated op names")
+    recipe = p.add_argument_group("recipe")
+    recipe.add_argument("--steps", type=int, default=400_000, help="optimiser steps (may be raised when resuming)")
+    recipe.add_argument("--batch-size", type=int, default=512, help="images per step, over all processes")
+    recipe.add_argument("--lr", type=float, default=1e-4, help="RAdam learning rate")
+    recipe.add_argument("--p-max", type=float, default=0.15, help="final per-op perturbation probability")
+    recipe.add_argument("--ramp-steps", type=int, default=50_000, help="steps of the linear 0 -> p-max ramp")
+    recipe.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and perturbations")
+    recipe.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision (GPU)")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, help="run folder")
+    run.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations (0: end only)")
+    run.add_argument("--eval-size", type=int, default=2000, help="held-out images per evaluation")
+    run.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    run.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long; rerun to resume")
+    run.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: one GPU per process)")
+    run.add_argument("--export-dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the exported weights")
+    run.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     p.set_defaults(func=_run_train)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
 
 
 def _run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .datasets import load_cifar10, load_mnist
     from .feature_maps import FeatureMapConfig
+    from .perturbations import PRESETS
     from .trainer import TrainConfig, train_feature_map
 
-    loader = {"cifar10": load_cifar10, "mnist": load_mnist}[args.data]
-    train_images, _ = loader("train", args.data_dir)
-    eval_images, _ = loader("test", args.data_dir)
-    spec = args.spec if args.spec in ("all", "geometric", "geometric+colour", "geometric+degradation", "degradation") \
-        else [s.strip() for s in args.spec.split(",") if s.strip()]
+    spec = args.spec if args.spec == "auto" or args.spec in PRESETS else [s.strip() for s in args.spec.split(",") if s.strip()]
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, p_max=args.p_max,
                          ramp_steps=args.ramp_steps, spec=spec, seed=args.seed, eval_every=args.eval_every,
-                         eval_size=args.eval_size, checkpoint_every=args.checkpoint_every)
-    dataset = {"name": args.data, "split": "train", "num_images": int(train_images.shape[0]),
-               "eval_split": "test", "source": "mfd-loss shared data archives"}
+                         eval_size=args.eval_size, eval_fraction=args.eval_fraction,
+                         checkpoint_every=args.checkpoint_every, precision=args.precision)
+    eval_data = args.eval_data or (args.data if args.data in ("cifar10", "mnist") else None)
+    dataset = {"name": args.data, "split": "train", "eval": eval_data or f"{args.eval_fraction:.0%} of --data held out"}
+    source_kwargs = {"root": args.data_dir, "download": args.download, "channels": args.channels,
+                     "size": tuple(args.size) if args.size else None, "key": args.key, "layout": args.layout}
     _, summary = train_feature_map(
-        train_images, args.out, config=config, architecture=FeatureMapConfig(arch=args.arch, width=args.width),
-        eval_images=eval_images, resume=not args.no_resume, max_minutes=args.max_minutes, device=args.device,
-        dataset=dataset, export_dtype=getattr(torch, args.export_dtype),
+        args.data, args.out, config=config, architecture=FeatureMapConfig(arch=args.arch, width=args.width),
+        eval_data=eval_data, input_range=tuple(args.input_range) if args.input_range else None,
+        resume=not args.no_resume, max_minutes=args.max_minutes, device=args.device, num_workers=args.num_workers,
+        dataset=dataset, export_dtype=getattr(torch, args.export_dtype), source_kwargs=source_kwargs,
     )
-    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
-    if not summary["finished"]:
-        print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+        if not summary["finished"]:
+            print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
     return 0
 
 
@@ -83,7 +124,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run folder holding checkpoint.pt")
     p.add_argument("out", help="destination folder")
-    p.add_argument("--data", choices=["cifar10", "mnist"], default=None, help="evaluate on this data set's test split")
+    p.add_argument("--data", default=None, help="evaluate on these held-out images (cifar10 / mnist: their test split; "
+                                                "or a folder / array file of uint8 images)")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ and mnist/")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16"], help="storage dtype")
     p.set_defaults(func=_run_export)
@@ -92,12 +134,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .datasets import load_cifar10, load_mnist
+    from .image_sources import collate_images, open_image_source
     from .trainer import export_run
 
     eval_images, eval_name = None, None
     if args.data:
-        eval_images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[args.data]("test", args.data_dir)
+        held_out = open_image_source(args.data, split="test", root=args.data_dir)
+        eval_images = collate_images([held_out[i] for i in range(len(held_out))])
         eval_name = f"{args.data} test split, {eval_images.shape[0]} images"
     config = export_run(args.run, args.out, dtype=getattr(torch, args.dtype), eval_images=eval_images,
                         eval_name=eval_name)
@@ -110,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mfd-loss", description="Manifold Feature Distance tools")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
+    hub_cli.add_parsers(sub)
     _add_train(sub)
     _add_export(sub)
     args = parser.parse_args(argv)

@@ -14,16 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .image_sources import to_model_range
+
 __all__ = ["find_data_dir", "load_cifar10", "load_mnist", "load_sample_images", "to_model_range"]
 
 _SAMPLE = "cifar10_test_sample.npz"
-
-
-def to_model_range(images: Tensor) -> Tensor:
-    """uint8 images in [0, 255] -> float32 in [-1, 1] (x / 127.5 - 1)."""
-    if images.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images in [0, 255], got {images.dtype}")
-    return images.float() / 127.5 - 1.0
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from ._validation import check_finite_and_range
 from .distance import DISTANCES, REDUCTIONS, manifold_feature_distance
+from .hub import LossHubMixin
 from .pretrained import load_pretrained
 
 __all__ = ["ManifoldFeatureDistance", "MFD"]
 
 
-class ManifoldFeatureDistance(nn.Module):
+class ManifoldFeatureDistance(LossHubMixin, nn.Module):
     """Manifold Feature Distance between predictions and targets (METHOD.md Sec. 4).
 
     The feature map is frozen (no parameter requires grad, so a parent's optimiser can never update it)
@@ -25,8 +26,11 @@ class ManifoldFeatureDistance(nn.Module):
     ``torch.autocast``; each sample's value is independent of the rest of the batch.
 
     Args:
-        pretrained: a registered name (``"cifar10"``, see :func:`mfd_loss.list_pretrained`), a local folder
-            with ``model.safetensors`` + ``config.json`` or such a file, or None when ``feature_map`` is given.
+        pretrained: a registered name (``"cifar10"``, see :func:`mfd_loss.list_pretrained`), a Hugging Face Hub
+            repo ``"org/repo"`` or ``"org/repo@revision"`` (downloaded once into the Hub cache; see
+            ``docs/hub.md``), a local folder with ``model.safetensors`` + ``config.json`` or such a file, or None
+            when ``feature_map`` is given. ``ManifoldFeatureDistance.from_pretrained`` adds ``revision=``,
+            ``cache_dir=``, ``local_files_only=`` and ``token=``; ``save_pretrained`` / ``push_to_hub`` publish.
         feature_map: use this network instead (a deep copy is frozen; the caller's module is left as is).
         distance: ``"group"`` (default; per-(tap, channel) group-L2, the authors' form) or ``"squared"``
             (the squared feature distance written in the paper's prose).

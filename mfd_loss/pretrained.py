@@ -1,9 +1,11 @@
 """Named pretrained feature maps and how a ``pretrained=`` argument resolves to weights.
 
 One registry maps each name to a frozen :class:`PretrainedSpec` (Hub repo id, pinned revision, SHA-256,
-embedded copy, data it was trained on). A name resolves to the copy embedded in the package when there is
-one (no network at all); the file's SHA-256 is checked before it is read, and a mismatching file is never
-loaded. A local folder or ``.safetensors`` file is loaded directly, with no network call.
+embedded copy, data it was trained on). A name resolves, in this order, to the copy embedded in the package
+(no network at all), the copy in the local Hugging Face Hub cache (no network), then a download of the
+pinned revision (:mod:`mfd_loss.hub`); the file's SHA-256 is checked before it is read, and a mismatching
+file is never loaded. ``"org/repo"`` and ``"org/repo@revision"`` load any published map from the Hub; a
+local folder or ``.safetensors`` file is loaded directly, with no network call.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .feature_maps import VGGFeatureMap
-from .serialization import WEIGHTS_NAME, load_feature_map
+from .feature_maps import TapFeatureMap
+from .serialization import WEIGHTS_NAME, IntegrityError, load_feature_map
 
-__all__ = ["PretrainedSpec", "register_pretrained", "list_pretrained", "get_pretrained_spec", "load_pretrained"]
+__all__ = ["PretrainedSpec", "ResolvedPretrained", "register_pretrained", "unregister_pretrained", "list_pretrained",
+           "get_pretrained_spec", "resolve_pretrained", "load_pretrained", "download_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,31 @@ def register_pretrained(spec: PretrainedSpec) -> PretrainedSpec:
     """Add a named map to the registry.
 
     Raises:
-        ValueError: the name is already registered.
+        ValueError: the name is already registered, or the spec's repo id / SHA-256 / revision is malformed.
     """
+    from .hub import parse_repo_ref
+
     if spec.name in _REGISTRY:
         raise ValueError(f"a pretrained feature map named {spec.name!r} is already registered")
+    if "/" in spec.name or "@" in spec.name:
+        raise ValueError(f"registry names cannot contain '/' or '@' (they would read as a Hub repo): {spec.name!r}")
+    parse_repo_ref(spec.repo_id)
+    if len(spec.sha256) != 64 or spec.sha256.strip("0123456789abcdef"):
+        raise ValueError(f"{spec.name}: sha256 must be 64 lowercase hex digits, got {spec.sha256!r}")
+    if not spec.revision or "@" in spec.revision:
+        raise ValueError(f"{spec.name}: revision must be a commit hash (or a tag), got {spec.revision!r}")
     _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_pretrained(name: str) -> PretrainedSpec:
+    """Remove a named map (used by tests that register their own entries; pair it with register_pretrained).
+
+    Raises:
+        KeyError: the name is not registered.
+    """
+    spec = get_pretrained_spec(name)
+    del _REGISTRY[name]
     return spec
 
 
@@ -78,39 +101,178 @@ def get_pretrained_spec(name: str) -> PretrainedSpec:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"no pretrained feature map named {name!r}; available: {sorted(_REGISTRY)} "
-                       "(or pass a local folder / .safetensors file)") from None
+                       "(or pass a local folder / .safetensors file, or a Hub repo 'org/repo[@revision]')") from None
+
+
+def _embedded_root() -> Path:
+    """Folder of the packaged weights (``mfd_loss/weights``)."""
+    return Path(str(resources.files("mfd_loss").joinpath("weights")))
 
 
 def embedded_path(spec: PretrainedSpec) -> Path | None:
     """Path of the packaged copy of a named map, or None when the package carries none."""
     if spec.embedded is None:
         return None
-    folder = resources.files("mfd_loss").joinpath("weights").joinpath(spec.embedded)
-    path = Path(str(folder))
+    path = _embedded_root() / spec.embedded
     return path if (path / WEIGHTS_NAME).is_file() else None
 
 
-def load_pretrained(pretrained: str | os.PathLike) -> tuple[VGGFeatureMap, dict[str, Any]]:
+@dataclass(frozen=True)
+class ResolvedPretrained:
+    """Where a ``pretrained=`` argument resolved to.
+
+    Attributes:
+        path: local folder (or ``.safetensors`` file) to load.
+        source: ``"local"`` (a path given by the caller), ``"embedded"`` (packaged copy), ``"cache"`` (Hub
+            cache, no request made) or ``"hub"`` (fetched through ``huggingface_hub``, cache reused when valid).
+        name: registry name, or None.
+        repo_id, revision: the Hub repo and the commit the files come from (None for local paths).
+        expected_sha256: the registry's SHA-256 of ``model.safetensors``, checked before loading (None: no pin).
+    """
+
+    path: Path
+    source: str
+    name: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+    expected_sha256: str | None = None
+
+
+def resolve_pretrained(
+    pretrained: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> ResolvedPretrained:
+    """Find (and if needed download) the files of a ``pretrained=`` argument without loading them.
+
+    Order: an existing local path (no request); a registered name: embedded copy, then the Hub cache at the
+    pinned revision, then a download of that revision; ``org/repo[@revision]``: ``hf_hub_download`` (a
+    cached commit makes no request; a branch costs one metadata request per file unless offline).
+
+    Args: see :func:`load_pretrained`.
+
+    Raises:
+        KeyError: unknown name. FileNotFoundError: missing path, repo, revision or file, or not cached while
+        offline. ConnectionError: the Hub was unreachable or the transfer was cut. ValueError: ``revision=``
+        given for a registered (pinned) name.
+    """
+    from . import hub
+
+    path = Path(pretrained)
+    if path.exists():
+        return ResolvedPretrained(path=path, source="local")
+    ref = str(pretrained)
+    options = dict(cache_dir=cache_dir, token=token)
+    if ref in _REGISTRY:
+        spec = _REGISTRY[ref]
+        if revision is not None and revision != spec.revision:
+            raise ValueError(f"{spec.name!r} is pinned to {spec.repo_id}@{spec.revision} (SHA-256 checked); to load "
+                             f"another revision pass pretrained='{spec.repo_id}@{revision}'")
+        pinned = dict(name=spec.name, repo_id=spec.repo_id, revision=spec.revision, expected_sha256=spec.sha256)
+        local = None if force_download else embedded_path(spec)
+        if local is not None:
+            return ResolvedPretrained(path=local, source="embedded", **pinned)
+        if not force_download:
+            try:
+                folder = hub.download_folder(spec.repo_id, revision=spec.revision, local_files_only=True, **options)
+                return ResolvedPretrained(path=folder, source="cache", **pinned)
+            except FileNotFoundError:
+                if local_files_only or hub.is_offline():
+                    raise FileNotFoundError(
+                        f"the pretrained map {spec.name!r} ({spec.repo_id}@{spec.revision}) has no embedded copy in "
+                        "this installation and is not in the local Hub cache, and downloads are disabled "
+                        "(HF_HUB_OFFLINE=1 or local_files_only=True); run `mfd-loss download "
+                        f"{spec.name}` once with network access, or pass a local folder as pretrained=PATH") from None
+        folder = hub.download_folder(spec.repo_id, revision=spec.revision, local_files_only=local_files_only,
+                                     force_download=force_download, **options)
+        return ResolvedPretrained(path=folder, source="hub", **pinned)
+    if hub.is_repo_ref(ref):
+        repo_id, ref_revision = hub.parse_repo_ref(ref)
+        folder = hub.download_folder(repo_id, revision=revision or ref_revision, local_files_only=local_files_only,
+                                     force_download=force_download, **options)
+        return ResolvedPretrained(path=folder, source="hub", repo_id=repo_id, revision=folder.name)
+    if any(sep in ref for sep in ("/", "\\")) or ref.startswith((".", "~")) or ref.endswith(".safetensors"):
+        raise FileNotFoundError(f"no feature map at {ref!r}: the path does not exist (and it is not a Hub repo id "
+                                "'org/repo[@revision]' or a registered name)")
+    get_pretrained_spec(ref)  # raises KeyError listing the names
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def load_pretrained(
+    pretrained: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> tuple[TapFeatureMap, dict[str, Any]]:
     """Resolve a ``pretrained=`` argument to a loaded feature map (float32, eval mode).
 
     Args:
-        pretrained: a registered name (see :func:`list_pretrained`), or a local folder holding
-            ``model.safetensors`` + ``config.json``, or such a ``.safetensors`` file.
+        pretrained: a registered name (see :func:`list_pretrained`); a Hub repo ``"org/repo"`` or
+            ``"org/repo@revision"``; a local folder holding ``model.safetensors`` + ``config.json``, or such a
+            ``.safetensors`` file (an existing path wins over a repo id of the same spelling).
+        revision: Hub branch, tag or commit (overrides an ``@revision`` suffix; not allowed for names).
+        cache_dir: Hub cache folder (default ``$HF_HUB_CACHE``, i.e. ``~/.cache/huggingface/hub``).
+        local_files_only: never touch the network (as ``HF_HUB_OFFLINE=1``).
+        token: Hub token for private repos (default: the stored login / ``HF_TOKEN``).
+        force_download: download again even when cached (repairs a corrupted cache entry).
 
     Returns:
         (feature map, its ``config.json`` contents).
 
     Raises:
-        KeyError: an unknown name that is not an existing path.
-        ValueError: checksum mismatch or weights that do not match their config (strict loading).
-        FileNotFoundError: a named map with no embedded copy in this installation.
+        KeyError: an unknown name that is neither an existing path nor a repo id.
+        FileNotFoundError: missing path; unknown Hub repo, revision or file; not cached while offline.
+        ConnectionError: the Hub could not be reached (and nothing usable is cached), or the transfer was cut.
+        ValueError: checksum mismatch (the file is not loaded), corrupted or truncated file, or weights that do
+            not match their config (strict loading).
     """
-    path = Path(pretrained)
-    if path.exists():
-        return load_feature_map(path)
-    spec = get_pretrained_spec(str(pretrained))
-    local = embedded_path(spec)
-    if local is None:
-        raise FileNotFoundError(f"the pretrained map {spec.name!r} ({spec.repo_id}@{spec.revision}) has no embedded "
-                                "copy in this installation; download it and pass its folder as pretrained=PATH")
-    return load_feature_map(local, expected_sha256=spec.sha256)
+    found = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only, token=token, force_download=force_download)
+    return _load_resolved(found)
+
+
+def _load_resolved(found: ResolvedPretrained) -> tuple[TapFeatureMap, dict[str, Any]]:
+    """Load resolved files; a cached or downloaded file is hash-checked first and never loaded on mismatch."""
+    from . import hub
+
+    if found.source not in ("cache", "hub"):
+        return load_feature_map(found.path, expected_sha256=found.expected_sha256)
+    weights = found.path / WEIGHTS_NAME
+    ref = found.name or f"{found.repo_id}@{found.revision}"
+    try:
+        if found.expected_sha256 is None:
+            hub.verify_hub_file(weights)
+        return load_feature_map(found.path, expected_sha256=found.expected_sha256)
+    except IntegrityError as err:
+        raise IntegrityError(hub.corrupted_message(weights, ref, str(err))) from None
+    except ValueError as err:
+        raise ValueError(f"{ref} ({found.path}): {err}") from None
+
+
+def download_pretrained(pretrained: str | os.PathLike, **kwargs: Any) -> Path:
+    """Fetch a named map or Hub repo into the local cache, verify it, and return its folder.
+
+    Takes the arguments of :func:`load_pretrained`. Use it (or ``mfd-loss download NAME``) once with
+    network access; later loads work with ``HF_HUB_OFFLINE=1``.
+
+    Raises:
+        as :func:`load_pretrained`.
+    """
+    found = resolve_pretrained(pretrained, **kwargs)
+    _load_resolved(found)
+    return found.path
+
+
+# --- built-in maps ---------------------------------------------------------------------------------------------
+# The lead registers the shipped maps here (real SHA-256 of model.safetensors; revision = the Hub commit the
+# weights were pushed in, see docs/releasing.md), e.g.:
+# register_pretrained(PretrainedSpec(name="cifar10", description=..., repo_id=..., revision=..., sha256=...,
+#                                    embedded="cifar10", channels=3, resolution=(32, 32), value_range=(-1.0, 1.0),
+#                                    preset="all"))

@@ -17,14 +17,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import atomic_write
-from .feature_maps import FeatureMapConfig, VGGFeatureMap
+from .feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
 from .perturbations import LabelSpec
 
-__all__ = ["SCHEMA_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "sha256_file", "save_feature_map", "load_feature_map"]
+__all__ = ["SCHEMA_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "IntegrityError", "sha256_file", "save_feature_map",
+           "load_feature_map"]
 
 SCHEMA_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+
+
+class IntegrityError(ValueError):
+    """A weights or config file failed its integrity check (checksum mismatch, truncated or unparsable);
+    it was not loaded."""
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -37,7 +43,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def save_feature_map(
-    feature_map: VGGFeatureMap,
+    feature_map: TapFeatureMap,
     directory: str | os.PathLike,
     *,
     label_spec: LabelSpec,
@@ -86,7 +92,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ValueError: unsupported schema version or missing keys.
     """
-    config = json.loads(Path(path).read_text())
+    try:
+        config = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IntegrityError(f"{path} is not valid JSON ({err}); the file is corrupted or truncated") from None
+    if not isinstance(config, dict):
+        raise IntegrityError(f"{path} does not hold a JSON object; the file is corrupted")
     version = config.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(f"{path}: config schema_version {version!r} is not supported by this mfd-loss "
@@ -99,7 +110,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_feature_map(
     path: str | os.PathLike, *, expected_sha256: str | None = None
-) -> tuple[VGGFeatureMap, dict[str, Any]]:
+) -> tuple[TapFeatureMap, dict[str, Any]]:
     """Load an exported feature map strictly (float32, eval mode).
 
     Args:
@@ -111,7 +122,8 @@ def load_feature_map(
         (feature map, config dict).
 
     Raises:
-        FileNotFoundError: a file is missing. ValueError: checksum mismatch, bad config, label spec
+        FileNotFoundError: a file is missing. IntegrityError (a ValueError): checksum mismatch, or a weights /
+        config file that is truncated or does not parse; nothing is loaded. ValueError: bad config, label spec
         inconsistent with the architecture, or missing/unexpected/mis-shaped tensors.
     """
     path = Path(path)
@@ -124,18 +136,24 @@ def load_feature_map(
     if expected_sha256 is not None:
         actual = sha256_file(weights)
         if actual != expected_sha256:
-            raise ValueError(f"checksum mismatch for {weights}: SHA-256 {actual}, expected {expected_sha256}; "
-                             "the file is corrupted or was replaced; reinstall mfd-loss or delete and re-download it")
+            raise IntegrityError(f"checksum mismatch for {weights}: SHA-256 {actual}, expected {expected_sha256}; "
+                                 "the file is corrupted or was replaced; reinstall mfd-loss or delete and re-download it")
     config = read_config(config_path)
     arch = FeatureMapConfig.from_dict(config["architecture"])
     spec = LabelSpec.from_dict(config["label_spec"])
     if spec.num_labels != arch.num_labels:
         raise ValueError(f"{config_path}: label spec has {spec.num_labels} labels but the architecture has "
                          f"{arch.num_labels} outputs")
-    feature_map = VGGFeatureMap(arch)
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(weights).items()}
+    feature_map = build_feature_map(arch)
+    try:
+        tensors = load_file(weights)
+    except Exception as err:  # safetensors raises SafetensorError / OSError on truncated or garbled files
+        raise IntegrityError(f"{weights} is not a readable safetensors file ({err}); the file is corrupted or "
+                             "truncated") from None
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     try:
         feature_map.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the architecture in {config_path}: {err}") from None
+    feature_map.pretrained_config = config  # lets save_pretrained / push_to_hub re-export it as it was
     return feature_map.eval(), config

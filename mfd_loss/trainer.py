@@ -6,35 +6,53 @@ with probability p, ramped linearly from 0 to ``p_max`` over ``ramp_steps`` (pap
 iterations, batch 512, lr 1e-4).
 
 Resume is exact: the data order of each epoch and the perturbations of each step are derived from
-(seed, epoch) and (seed, step), and the checkpoint holds the model, the optimiser and the step, so a run
-stopped at any checkpoint and resumed produces bit-identical weights to one that never stopped.
+(seed, epoch) and (seed, step), and the checkpoint holds the model, the optimiser, the loss scaler and
+the step, so a run stopped at a checkpoint and resumed gives bit-identical weights to one that never
+stopped. Under ``torchrun`` every process draws the same global batch and perturbations, keeps its own
+slice for the forward/backward pass, and BatchNorm statistics span the global batch, so K processes
+reproduce one process with the same global batch (up to float summation order).
 """
 
 from __future__ import annotations
 
-import json
+import csv
 import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .feature_maps import FeatureMapConfig, VGGFeatureMap
+from .distributed import init_distributed, use_global_batchnorm
+from .feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
+from .image_sources import collate_images, open_image_source, to_model_range
 from .perturbations import LabelSpec, Perturbations, label_spec
 from .serialization import save_feature_map
 
-__all__ = ["TrainConfig", "regression_metrics", "evaluate_feature_map", "train_feature_map", "export_run"]
+__all__ = ["TrainConfig", "default_spec", "regression_metrics", "evaluate_feature_map", "train_feature_map",
+           "export_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.jsonl"
+TRAIN_LOG = "log.csv"
+EVAL_LOG = "eval.csv"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def default_spec(channels: int) -> str:
+    """The perturbation preset that makes sense for a channel count: ``"all"`` for RGB, ``"grayscale"``
+    (geometric, brightness, contrast, degradation) for 1-2 channels, ``"geometric+degradation"`` for
+    4+ channels (latents, where colour ops have no meaning)."""
+    return "all" if channels == 3 else "grayscale" if channels < 3 else "geometric+degradation"
 
 
 @dataclass
@@ -42,17 +60,19 @@ class TrainConfig:
     """Recipe of a feature-map training run (stored in the checkpoint and the exported ``config.json``).
 
     Attributes:
-        steps: optimiser steps in total.
-        batch_size: images per step.
+        steps: optimiser steps in total (may be changed when resuming).
+        batch_size: images per step, over all processes.
         lr: RAdam learning rate.
         p_max: final per-op probability that a perturbation is on.
         ramp_steps: steps over which p rises linearly from 0 to p_max.
-        spec: perturbation preset or op names.
-        seed: seeds initialisation, data order and perturbations.
+        spec: perturbation preset, op names, or ``"auto"`` (:func:`default_spec` of the channel count).
+        seed: seeds initialisation, data order, held-out split and perturbations.
         eval_every: steps between held-out evaluations (0 = only at the end).
         eval_size: held-out images used by each evaluation.
         eval_p: per-op probability during evaluation (defaults to p_max).
+        eval_fraction: share of the training source held out when no separate evaluation data is given.
         checkpoint_every: steps between checkpoints.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 adds a gradient scaler; for GPUs).
     """
 
     steps: int = 400_000
@@ -60,12 +80,14 @@ class TrainConfig:
     lr: float = 1e-4
     p_max: float = 0.15
     ramp_steps: int = 50_000
-    spec: str | list[str] = "all"
+    spec: str | list[str] = "auto"
     seed: int = 0
     eval_every: int = 1000
     eval_size: int = 2000
     eval_p: float | None = None
+    eval_fraction: float = 0.02
     checkpoint_every: int = 500
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "eval_size"):
@@ -75,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"p_max must lie in [0, 1], got {self.p_max}")
         if self.ramp_steps < 0 or self.eval_every < 0:
             raise ValueError("ramp_steps and eval_every must be non-negative")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def probability(self, step: int) -> float:
         """Per-op probability used at (0-based) step."""
@@ -97,33 +123,61 @@ def _generator(*values: int) -> torch.Generator:
     return torch.Generator().manual_seed(_mix(*values))
 
 
-def batch_indices(step: int, batch_size: int, num_images: int, seed: int) -> Tensor:
-    """Indices of the images used at step: a fresh permutation per epoch, seeded by (seed, epoch)."""
-    start = step * batch_size
-    out, position = [], start
-    while position < start + batch_size:
-        epoch, offset = divmod(position, num_images)
-        take = min(num_images - offset, start + batch_size - position)
-        perm = torch.randperm(num_images, generator=_generator(seed, 1, epoch))
-        out.append(perm[offset:offset + take])
-        position += take
-    return torch.cat(out)
+class StepBatchSampler(Sampler[list[int]]):
+    """Index lists of the global batch of each step from ``start`` to ``steps``.
+
+    Epoch e visits ``indices`` in the order of a permutation seeded by (seed, e); step s takes positions
+    [s * B, (s + 1) * B) of the concatenated epochs, so any step's batch is known without replaying.
+    """
+
+    def __init__(self, indices: Sequence[int], batch_size: int, seed: int, start: int, steps: int):
+        self.indices = torch.as_tensor(list(indices))
+        self.batch_size, self.seed, self.start, self.steps = batch_size, seed, start, steps
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def batch(self, step: int) -> list[int]:
+        n = len(self.indices)
+        out, position, end = [], step * self.batch_size, (step + 1) * self.batch_size
+        while position < end:
+            epoch, offset = divmod(position, n)
+            if epoch != self._epoch:
+                self._epoch, self._perm = epoch, torch.randperm(n, generator=_generator(self.seed, 1, epoch))
+            take = min(n - offset, end - position)
+            out.append(self.indices[self._perm[offset:offset + take]])
+            position += take
+        return torch.cat(out).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.steps):
+            yield self.batch(step)
+
+
+def split_held_out(num_images: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, held-out) index split; round(fraction * N) held out (at least 1 when fraction > 0)."""
+    held = 0 if fraction == 0 else max(1, round(fraction * num_images))
+    if held >= num_images - 1:
+        raise ValueError(f"cannot hold out {held} of {num_images} images; lower eval_fraction or pass eval_data")
+    perm = torch.randperm(num_images, generator=_generator(seed, 4)).tolist()
+    return sorted(perm[held:]), sorted(perm[:held])
 
 
 def regression_metrics(prediction: Tensor, target: Tensor, names: Iterable[str]) -> dict[str, dict[str, float]]:
-    """Per-label R^2 = 1 - SSE / SST and MSE of (N, K) predictions against (N, K) labels."""
+    """Per-label R^2 = 1 - SSE / SST and MSE of (N, K) predictions against (N, K) labels (R^2 is NaN for a
+    label that is constant in the evaluation set)."""
     prediction, target = prediction.double(), target.double()
     sse = (prediction - target).pow(2).sum(0)
     sst = (target - target.mean(0)).pow(2).sum(0)
     r2 = torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-30), torch.full_like(sse, math.nan))
-    mse = sse / target.shape[0]
     names = list(names)
-    return {"r2": dict(zip(names, r2.tolist())), "mse": dict(zip(names, mse.tolist()))}
+    return {"r2": dict(zip(names, r2.tolist())), "mse": dict(zip(names, (sse / target.shape[0]).tolist()))}
 
 
 @torch.no_grad()
 def evaluate_feature_map(
-    feature_map: VGGFeatureMap,
+    feature_map: TapFeatureMap,
     images: Tensor,
     perturbations: Perturbations,
     *,
@@ -131,11 +185,11 @@ def evaluate_feature_map(
     seed: int = 12345,
     batch_size: int = 500,
 ) -> dict[str, Any]:
-    """Per-label R^2 and MSE on perturbed held-out images (fixed perturbations for a given seed).
+    """Per-label R^2 and MSE on perturbed held-out images (the same perturbations for a given seed).
 
     Args:
         feature_map: the map (evaluated in eval mode; its previous mode is restored).
-        images: (N, C, H, W) uint8 held-out images.
+        images: (N, C, H, W) held-out images, uint8 in [0, 255] or float in [-1, 1].
         perturbations: the pipeline whose labels the map regresses.
         p: per-op probability of each perturbation during evaluation.
         seed: seeds the evaluation perturbations, so numbers are comparable across checkpoints.
@@ -148,12 +202,13 @@ def evaluate_feature_map(
     device = next(feature_map.parameters()).device
     preds, targets = [], []
     for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(device).float() / 127.5 - 1.0
+        x = images[i:i + batch_size].to(device)
+        x = to_model_range(x) if x.dtype == torch.uint8 else x.float()
         xp, labels = perturbations(x, generator=_generator(seed, 2, i), p=p)
         preds.append(feature_map.predict_labels(xp).float().cpu())
         targets.append(labels.cpu())
     feature_map.train(was_training)
-    metrics = regression_metrics(torch.cat(preds), torch.cat(targets), perturbations.spec.labels)
+    metrics: dict[str, Any] = regression_metrics(torch.cat(preds), torch.cat(targets), perturbations.spec.labels)
     metrics["mse_mean"] = float(sum(metrics["mse"].values()) / len(metrics["mse"]))
     metrics.update(num_images=int(images.shape[0]), p=p)
     return metrics
@@ -167,12 +222,11 @@ class _StopRequested:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequested":
-        if hasattr(signal, "SIGTERM"):
-            try:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                self._previous.clear()
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous.clear()
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -183,152 +237,238 @@ class _StopRequested:
             signal.signal(sig, handler)
 
 
+class _CsvLog:
+    """Append rows to a CSV file, writing the header when the file is new."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, fields
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _prepare_data(
+    data: Any, eval_data: Any, config: TrainConfig, input_range: tuple[float, float] | None, **source_kwargs: Any
+) -> tuple[Dataset, list[int], Tensor | None, tuple[int, int, int]]:
+    """Open the sources, split off held-out images when needed, check the image shape."""
+    dataset = open_image_source(data, split="train", **source_kwargs)
+    if len(dataset) < 2:
+        raise ValueError(f"need at least 2 training images, got {len(dataset)}")
+    if eval_data is None and config.eval_fraction > 0:
+        train_idx, held_idx = split_held_out(len(dataset), config.eval_fraction, config.seed)
+        held_idx = held_idx[:config.eval_size]
+        eval_images = to_model_range(collate_images([dataset[i] for i in held_idx]), input_range)
+    else:
+        train_idx = list(range(len(dataset)))
+        eval_images = None
+        if eval_data is not None:
+            eval_set = open_image_source(eval_data, split="test", **source_kwargs)
+            n = min(len(eval_set), config.eval_size)
+            eval_images = to_model_range(collate_images([eval_set[i] for i in range(n)]), input_range)
+    probe = to_model_range(collate_images([dataset[i] for i in train_idx[:2]]), input_range)
+    shape = tuple(probe.shape[1:])
+    if eval_images is not None and tuple(eval_images.shape[1:]) != shape:
+        raise ValueError(f"evaluation images are {tuple(eval_images.shape[1:])} but training images are {shape}")
+    return dataset, train_idx, eval_images, shape
+
+
+def _fit_architecture(base: FeatureMapConfig, channels: int, num_labels: int, size: tuple[int, int]) -> FeatureMapConfig:
+    """The base architecture for this data: its stage count when the size allows it, else as many as fit."""
+    fields = {**base.to_dict(), "num_labels": num_labels, "in_channels": channels, "resolution": size}
+    try:
+        return FeatureMapConfig(**fields)
+    except ValueError:
+        return FeatureMapConfig(**{**fields, "num_stages": None})
+
+
 def train_feature_map(
-    train_images: Tensor,
+    data: Any,
     out_dir: str | os.PathLike,
     *,
     config: TrainConfig = TrainConfig(),
     architecture: FeatureMapConfig | None = None,
-    eval_images: Tensor | None = None,
+    eval_data: Any = None,
+    input_range: tuple[float, float] | None = None,
     resume: bool = True,
     max_minutes: float | None = None,
     device: str | torch.device = "cpu",
+    num_workers: int = 0,
     dataset: dict[str, Any] | None = None,
     export_dtype: torch.dtype = torch.float32,
     progress: bool = True,
-) -> tuple[VGGFeatureMap, dict[str, Any]]:
-    """Train (or resume training) a feature map and export it.
+    source_kwargs: dict[str, Any] | None = None,
+) -> tuple[TapFeatureMap, dict[str, Any]]:
+    """Train (or resume training) a feature map, then export it.
 
-    Writes into out_dir: ``checkpoint.pt`` (atomically, every ``checkpoint_every`` steps, on SIGTERM/SIGINT
-    and at the end), ``log.jsonl`` (one JSON line per log/eval event), and on completion the exported map
-    (``model.safetensors`` + ``config.json``).
+    Run single-process, or the same code under ``torchrun --nproc-per-node K`` (DDP; gloo on CPU, NCCL on
+    CUDA). Writes into out_dir (rank 0 only): ``checkpoint.pt`` (atomically, every ``checkpoint_every``
+    steps, on SIGTERM/SIGINT, at ``max_minutes`` and at the end), ``log.csv`` (step, loss, p, images/s),
+    ``eval.csv`` (per-label R^2 of each evaluation) and, when ``config.steps`` is reached, the exported map
+    (``model.safetensors`` + ``config.json``, loadable with ``MFD(pretrained=out_dir)``).
 
     Args:
-        train_images: (N, C, H, W) uint8 training images in [0, 255].
+        data: training images: ``"cifar10"`` / ``"mnist"`` (project archives), ``"torchvision:NAME"``, a folder
+            of images, a ``.npy``/``.npz`` file, an (N, C, H, W) tensor/array, or any ``Dataset`` of images
+            (see :func:`mfd_loss.image_sources.open_image_source`). Channels 1, 3 or more; any size >= the
+            architecture's minimum; all images one size.
         out_dir: run folder.
-        config: the recipe.
-        architecture: feature-map architecture; ``num_labels``, ``in_channels`` and ``resolution`` are
-            filled in from the spec and the data. Default: VGG16-BN at full width.
-        eval_images: (M, C, H, W) uint8 held-out images; default: none (no R^2 evaluation).
-        resume: continue from out_dir/checkpoint.pt when it exists (the recipe must match).
-        max_minutes: stop (with a checkpoint) after this much wall-clock time; resume later.
-        device: where to train.
-        dataset: description stored in config.json (name, split, size, ...).
+        config: the recipe (see :class:`TrainConfig`).
+        architecture: feature-map family and width; ``in_channels``, ``num_labels`` and ``resolution`` are
+            taken from the data and the spec. Default: VGG16-BN at full width.
+        eval_data: held-out images (same forms as ``data``; named sets use their test split); default: a
+            ``config.eval_fraction`` share of ``data`` is held out.
+        input_range: value range of float data, e.g. (0, 1); uint8 data is [0, 255]. Checked on every batch.
+        resume: continue from out_dir/checkpoint.pt when it exists (the recipe must match, except ``steps``).
+        max_minutes: stop (with a checkpoint) after this much wall-clock time; rerun to resume.
+        device: where to train (``"cpu"``, ``"cuda"``; under torchrun each process takes ``cuda:LOCAL_RANK``).
+        num_workers: DataLoader worker processes (useful for image folders).
+        dataset: description stored in ``config.json`` (name, split, size, ...).
         export_dtype: storage dtype of the exported weights.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (rank 0).
+        source_kwargs: extra arguments of ``open_image_source`` (``root``, ``download``, ``channels``, ``size``, ...).
 
     Returns:
-        (feature map, summary dict with ``step``, ``finished``, ``images_seen``, ``train_seconds``, ``metrics``).
+        (feature map on ``device``, summary with ``step``, ``finished``, ``images_seen``, ``train_seconds``, ``metrics``).
 
     Raises:
-        ValueError: images are not uint8 (N, C, H, W), too few images for a batch, or the checkpoint in
-        out_dir was written with a different recipe/architecture.
+        ValueError: empty or mixed-size data, values outside ``input_range``, a spec that needs RGB for
+            non-RGB data, a batch size not divisible by the number of processes, or a checkpoint written
+            with a different recipe/architecture.
     """
-    if train_images.dtype != torch.uint8 or train_images.ndim != 4:
-        raise ValueError(f"train_images must be uint8 (N, C, H, W) in [0, 255], got {train_images.dtype} "
-                         f"{tuple(train_images.shape)}")
-    num_images = train_images.shape[0]
-    if num_images < 2:
-        raise ValueError("need at least 2 training images")
-    spec = label_spec(config.spec)
-    perturbations = Perturbations(spec, p=config.p_max)
-    arch = architecture or FeatureMapConfig()
-    arch = FeatureMapConfig(**{**arch.to_dict(), "num_labels": spec.num_labels, "in_channels": train_images.shape[1],
-                               "resolution": tuple(train_images.shape[-2:])})
+    ctx = init_distributed(device)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    source, train_idx, eval_images, (channels, height, width) = _prepare_data(
+        data, eval_data, config, input_range, **(source_kwargs or {}))
+    spec = label_spec(default_spec(channels) if config.spec == "auto" else config.spec)
+    if spec.needs_rgb and channels != 3:
+        raise ValueError(f"the perturbation spec {list(spec.ops)} has RGB-only ops (hue, saturation) but the images "
+                         f"have {channels} channel(s); use spec='auto' or '{default_spec(channels)}'")
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
+    arch = _fit_architecture(architecture or FeatureMapConfig(), channels, spec.num_labels, (height, width))
+    perturbations = Perturbations(spec, p=config.p_max)
     ckpt_path = out_dir / CHECKPOINT_NAME
 
     torch.manual_seed(_mix(config.seed, 0))
-    model = VGGFeatureMap(arch).to(device).train()
+    model = build_feature_map(arch).to(ctx.device).train()
     optimizer = torch.optim.RAdam(model.parameters(), lr=config.lr, weight_decay=0.0)
-    step, train_seconds, history = 0, 0.0, []
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
+    step, train_seconds, last_eval = 0, 0.0, None
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        saved = {"recipe": state["recipe"], "architecture": state["architecture"]}
-        now = {"recipe": asdict(config), "architecture": arch.to_dict()}
-        changed = {k for k in ("architecture",) if saved[k] != now[k]}
-        changed |= {f"recipe.{k}" for k in now["recipe"] if k != "steps" and saved["recipe"].get(k) != now["recipe"][k]}
+        saved_arch = FeatureMapConfig.from_dict(state["architecture"]).to_dict()
+        changed = {"architecture"} if saved_arch != arch.to_dict() else set()
+        now = asdict(config)
+        changed |= {f"recipe.{k}" for k in now if k != "steps" and state["recipe"].get(k, now[k]) != now[k]}
         if changed:
-            raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}; use another out_dir "
-                             "or resume=False to start over")
+            raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}; use another out_dir, "
+                             "the original settings, or resume=False to start over")
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
-        step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        step, train_seconds, last_eval = state["step"], state["train_seconds"], state.get("last_eval")
+    net = model
+    if ctx.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(use_global_batchnorm(model, ctx.device),
+                                                        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    shard = slice(ctx.rank * config.batch_size // ctx.world_size, (ctx.rank + 1) * config.batch_size // ctx.world_size)
+    loader = DataLoader(source, batch_sampler=StepBatchSampler(train_idx, config.batch_size, config.seed, step, config.steps),
+                        collate_fn=collate_images, num_workers=num_workers, persistent_workers=False)
+    recipe = asdict(config)
+    description = dataset or {"source": str(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__}
+    description = {**description, "num_images": len(train_idx), "channels": channels, "resolution": [height, width],
+                   "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "train_seconds": train_seconds, "history": history, "recipe": asdict(config),
-            "architecture": arch.to_dict(), "label_spec": spec.to_dict(), "dataset": dataset or {},
-        })
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "train_seconds": train_seconds, "recipe": recipe, "architecture": arch.to_dict(),
+                "label_spec": spec.to_dict(), "dataset": description, "last_eval": last_eval,
+            })
 
-    def log(entry: dict[str, Any]) -> None:
-        history.append(entry)
-        with open(out_dir / LOG_NAME, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-
+    train_log = _CsvLog(out_dir / TRAIN_LOG, ["step", "loss", "p", "images_per_second", "train_seconds"])
+    eval_log = _CsvLog(out_dir / EVAL_LOG, ["step", "mse_mean"] + [f"r2_{n}" for n in spec.labels])
     eval_p = config.p_max if config.eval_p is None else config.eval_p
-    eval_subset = eval_images[:config.eval_size] if eval_images is not None else None
-    started = time.monotonic()
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="feature map", unit="step")
-    running, running_n, last_log = 0.0, 0, time.monotonic()
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    started = last_log = time.monotonic()
+    running, running_n, log_images = 0.0, 0, 0
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and ctx.is_main), desc="feature map", unit="step")
     with _StopRequested() as stop:
-        while step < config.steps:
-            idx = batch_indices(step, config.batch_size, num_images, config.seed)
-            x = train_images[idx].to(device).float() / 127.5 - 1.0
+        for batch in loader:
+            x = to_model_range(batch, input_range).to(ctx.device)
             xp, labels = perturbations(x, generator=_generator(config.seed, 3, step), p=config.probability(step))
-            loss = F.mse_loss(model.predict_labels(xp), labels)
+            with _autocast(ctx.device, config.precision):
+                prediction = net(xp[shard])[-1].flatten(1)
+            loss = F.mse_loss(prediction.float(), labels[shard])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
-            running += loss.item()
-            running_n += 1
+            running, running_n, log_images = running + loss.item(), running_n + 1, log_images + config.batch_size
             bar.update(1)
             now = time.monotonic()
-            if now - last_log > 30 or step == config.steps:
-                elapsed = now - started
-                bar.set_postfix(loss=f"{running / running_n:.4f}", p=f"{config.probability(step - 1):.3f}")
-                log({"step": step, "loss": running / running_n, "p": config.probability(step - 1),
-                     "train_seconds": train_seconds + elapsed})
-                running, running_n, last_log = 0.0, 0, now
-            evaluate_now = eval_subset is not None and (
-                (config.eval_every and step % config.eval_every == 0) or step == config.steps)
-            if evaluate_now:
-                metrics = evaluate_feature_map(model, eval_subset, perturbations, p=eval_p)
-                log({"step": step, "eval": metrics})
-                bar.write(f"step {step}: eval mse {metrics['mse_mean']:.4f}, R^2 " +
-                          " ".join(f"{k}={v:.2f}" for k, v in metrics["r2"].items()))
+            if ctx.is_main and (now - last_log > 30 or step == config.steps):
+                row = {"step": step, "loss": running / running_n, "p": config.probability(step - 1),
+                       "images_per_second": log_images / (now - last_log),
+                       "train_seconds": train_seconds + now - started}
+                train_log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", p=f"{row['p']:.3f}")
+                running, running_n, log_images, last_log = 0.0, 0, 0, now
+            if ctx.is_main and eval_images is not None and (
+                    (config.eval_every and step % config.eval_every == 0) or step == config.steps):
+                last_eval = evaluate_feature_map(model, eval_images, perturbations, p=eval_p)
+                eval_log.write({"step": step, "mse_mean": last_eval["mse_mean"],
+                                **{f"r2_{k}": v for k, v in last_eval["r2"].items()}})
+                bar.write(f"step {step}: held-out mse {last_eval['mse_mean']:.4f}, R^2 " +
+                          " ".join(f"{k}={v:.2f}" for k, v in last_eval["r2"].items()))
             out_of_time = max_minutes is not None and (time.monotonic() - started) > 60 * max_minutes
-            if step % config.checkpoint_every == 0 or step == config.steps or stop.flag or out_of_time:
+            halt = torch.tensor([float(stop.flag or out_of_time)])
+            if ctx.distributed:
+                dist.all_reduce(halt, op=dist.ReduceOp.MAX)
+            if step % config.checkpoint_every == 0 or step == config.steps or halt.item():
                 train_seconds += time.monotonic() - started
                 started = time.monotonic()
                 checkpoint()
-            if stop.flag or out_of_time:
+            if halt.item():
                 break
     bar.close()
     finished = step >= config.steps
-    evals = [h["eval"] for h in history if "eval" in h]
     summary = {"step": step, "finished": finished, "images_seen": step * config.batch_size,
-               "train_seconds": round(train_seconds, 1), "metrics": evals[-1] if evals else None}
-    if finished:
+               "train_seconds": round(train_seconds, 1), "metrics": last_eval}
+    if ctx.distributed:
+        dist.barrier()
+    if finished and ctx.is_main:
         export_run(out_dir, out_dir, dtype=export_dtype)
     return model.eval(), summary
 
 
-def fp16_relative_change(feature_map: VGGFeatureMap, images: Tensor) -> float:
+def fp16_relative_change(feature_map: TapFeatureMap, images: Tensor) -> float:
     """Largest relative change of per-sample MFD values when the weights are stored in float16.
 
     Compares the map against a copy whose floating tensors went through float16, on pairs made by
-    shifting the (N, C, H, W) uint8 ``images`` by one pixel (a typical small residual).
+    shifting the (N, C, H, W) ``images`` (uint8 or float in [-1, 1]) by one pixel (a small residual).
     """
     from .distance import manifold_feature_distance
 
-    rounded = VGGFeatureMap(feature_map.config)
+    rounded = build_feature_map(feature_map.config)
     rounded.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
                              for k, v in feature_map.state_dict().items()})
-    x = images.float() / 127.5 - 1.0
+    x = to_model_range(images) if images.dtype == torch.uint8 else images.float()
     y = torch.roll(x, 1, dims=-1)
     with torch.no_grad():
         exact = manifold_feature_distance(feature_map.eval(), x, y, check_range=False)
@@ -354,24 +494,27 @@ def export_run(
         run_dir: folder holding ``checkpoint.pt``.
         out_dir: destination folder (may equal run_dir).
         dtype: storage dtype; with float16 the largest relative change of MFD values caused by the
-            rounding is measured on eval_images (or the packaged sample) and recorded.
-        eval_images: (M, C, H, W) uint8 held-out images; when given, per-label R^2/MSE are computed on
-            all of them and stored under ``metrics["held_out"]`` (else the run's last evaluation is used).
+            rounding is measured (on eval_images, else the packaged CIFAR-10 sample for 32x32 RGB maps)
+            and recorded as ``fp16_storage_max_relative_mfd_change``.
+        eval_images: (M, C, H, W) held-out images (uint8, or float in [-1, 1]); when given, per-label
+            R^2/MSE are computed on all of them (else the run's last evaluation is used).
         eval_name: description of eval_images stored with the metrics (e.g. "cifar10 test, 10000 images").
         dataset: description of the training data; default: the one stored in the checkpoint.
 
     Returns:
-        the exported config dict.
+        the exported config dict (without schema fields).
+
+    Raises:
+        FileNotFoundError: no checkpoint in run_dir.
     """
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
     arch = FeatureMapConfig.from_dict(state["architecture"])
     spec = LabelSpec.from_dict(state["label_spec"])
     config = TrainConfig(**state["recipe"])
-    model = VGGFeatureMap(arch)
+    model = build_feature_map(arch)
     model.load_state_dict(state["model"], strict=True)
     model.eval()
-    evals = [h["eval"] for h in state["history"] if "eval" in h]
-    metrics = evals[-1] if evals else None
+    metrics = state.get("last_eval")
     if eval_images is not None:
         p = config.p_max if config.eval_p is None else config.eval_p
         metrics = evaluate_feature_map(model, eval_images, Perturbations(spec, p=p), p=p)

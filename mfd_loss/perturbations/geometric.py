@@ -30,7 +30,9 @@ class GeometricParams:
 
     Attributes:
         scale_w: (N,) isotropic scale exponent w; factor 2^(0.2 w).
-        theta: (N,) rotation angle in radians, counter-clockwise on screen.
+        theta: (N,) rotation angle in radians; positive turns the content clockwise on screen
+            (the standard rotation matrix in pixel coordinates with x right and y down), so
+            theta = pi/2 matches ``torch.rot90(x, -1, (-2, -1))``.
         aniso_w: (N,) anisotropic scale exponent; factors (2^(0.2 w), 2^(-0.2 w)).
         aniso_r: (N,) angle in radians of the anisotropic scaling axes.
         shift: (N, 2) translation (x, y) in units of 0.125 * image width / height.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import torch
@@ -11,6 +11,8 @@ from torch import Tensor
 from .colour import ColourParams, apply_colour, sample_colour
 from .degradation import DegradationParams, apply_degradation, sample_degradation
 from .geometric import GeometricParams, apply_geometric, sample_geometric
+from ._random import gate
+from .custom import CUSTOM
 from .spec import LabelSpec, label_spec
 
 __all__ = ["PerturbationParams", "Perturbations"]
@@ -23,6 +25,7 @@ class PerturbationParams:
     geometric: GeometricParams
     colour: ColourParams
     degradation: DegradationParams
+    custom: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
 class Perturbations:
@@ -30,7 +33,8 @@ class Perturbations:
 
     Each op of the label spec is switched on independently per sample with its own probability.
     Order of application (METHOD.md Sec. 3): one composed affine warp for all geometric ops, one
-    composed colour matrix, then blur, mixup (with another sample's clean image) and noise.
+    composed colour matrix, then blur, mixup (with another sample's clean image) and noise, then
+    registered custom ops (:func:`~mfd_loss.perturbations.register_perturbation`).
 
     Args:
         spec: preset name (``"all"``, ``"geometric"``, ...), op names, or a :class:`LabelSpec`.
@@ -93,22 +97,27 @@ class Perturbations:
             )
         probs = self.p if p is None else self._probabilities(p)
         n = shape[0]
-        return PerturbationParams(
-            geometric=sample_geometric(n, p=probs, generator=generator),
-            colour=sample_colour(n, p=probs, generator=generator),
-            degradation=sample_degradation(tuple(shape), p=probs, generator=generator),
-        )
+        geometric = sample_geometric(n, p=probs, generator=generator)
+        colour = sample_colour(n, p=probs, generator=generator)
+        degradation = sample_degradation(tuple(shape), p=probs, generator=generator)
+        custom = {op: CUSTOM[op].sample(tuple(shape), gate(n, probs[op], generator), generator)
+                  for op in self.spec.ops if op in CUSTOM}
+        return PerturbationParams(geometric, colour, degradation, custom)
 
     def apply(self, x: Tensor, params: PerturbationParams) -> Tensor:
         """Apply sampled parameters to images (N, C, H, W) in [-1, 1]; replays exactly."""
         clean = x
         x = apply_geometric(x, params.geometric)
         x = apply_colour(x, params.colour)
-        return apply_degradation(x, params.degradation, clean=clean)
+        x = apply_degradation(x, params.degradation, clean=clean)
+        for op, op_params in params.custom.items():
+            x = CUSTOM[op].apply(x, {k: v.to(x.device) for k, v in op_params.items()})
+        return x
 
     def labels(self, params: PerturbationParams) -> Tensor:
         """(N, K) float32 label vectors in the spec's order; all zero for an unperturbed sample."""
-        parts = {**params.geometric.labels(), **params.colour.labels(), **params.degradation.labels()}
+        parts = {**params.geometric.labels(), **params.colour.labels(), **params.degradation.labels(),
+                 **{op: CUSTOM[op].labels(op_params).float() for op, op_params in params.custom.items()}}
         return torch.cat([parts[op] for op in self.spec.ops], dim=1)
 
     def __call__(

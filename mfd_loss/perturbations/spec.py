@@ -22,7 +22,7 @@ class OpSpec:
 
     Attributes:
         name: identifier used in presets and probability dictionaries (e.g. ``"rotation"``).
-        group: ``"geometric"``, ``"colour"`` or ``"degradation"``.
+        group: ``"geometric"``, ``"colour"``, ``"degradation"`` or ``"custom"``.
         labels: names of the label entries, in order.
         ranges: closed value range ``(low, high)`` of each label entry; ``inf`` for unbounded
             (normally distributed) parameters. A switched-off op has label entries exactly 0.
@@ -72,13 +72,15 @@ _GEOMETRIC = ("scale", "rotation", "anisotropic_scale", "translation")
 _COLOUR = ("brightness", "contrast", "hue", "saturation")
 _DEGRADATION = ("blur", "mixup", "noise")
 
-#: Named subsets used in the paper's ablation (label counts 7, 12, 10, 3, 15).
+#: Named subsets: the paper's ablation (label counts 7, 12, 10, 3, 15) and ``"grayscale"`` (12 labels: no
+#: hue or saturation, for 1-channel images).
 PRESETS: dict[str, tuple[str, ...]] = {
     "geometric": _GEOMETRIC,
     "geometric+colour": _GEOMETRIC + _COLOUR,
     "geometric+degradation": _GEOMETRIC + _DEGRADATION,
     "degradation": _DEGRADATION,
     "all": _GEOMETRIC + _COLOUR + _DEGRADATION,
+    "grayscale": _GEOMETRIC + ("brightness", "contrast") + _DEGRADATION,
 }
 
 
@@ -102,7 +104,9 @@ class LabelSpec:
         ops = tuple(self.ops)
         unknown = [o for o in ops if o not in OPS]
         if unknown:
-            raise ValueError(f"unknown perturbation(s) {unknown}; known: {list(OPS)}")
+            raise ValueError(f"unknown perturbation(s) {unknown}; known: {list(OPS)}. A custom perturbation must be "
+                             "registered (mfd_loss.perturbations.register_perturbation) before a spec or a feature "
+                             "map that uses it is built or loaded")
         if len(set(ops)) != len(ops):
             raise ValueError(f"duplicate perturbation in {list(ops)}")
         if not ops:
@@ -166,7 +170,7 @@ def label_spec(preset_or_ops: str | Iterable[str] | LabelSpec = "all") -> LabelS
 
     Args:
         preset_or_ops: one of :data:`PRESETS` (``"geometric"``, ``"geometric+colour"``,
-            ``"geometric+degradation"``, ``"degradation"``, ``"all"``), or op names.
+            ``"geometric+degradation"``, ``"degradation"``, ``"all"``, ``"grayscale"``), or op names.
 
     Raises:
         ValueError: an unknown preset or op name.

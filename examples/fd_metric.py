@@ -1,0 +1,180 @@
+"""Fréchet distance of generated images against a real split, through torchmetrics.
+
+The field's number is FID: the Fréchet distance between Inception-v3 pool features of real and generated
+images. Inception weights cannot always be downloaded; then this module uses a small classifier trained by
+``examples/train_fd_classifier.py`` on the same data set and reports the number as ``FD_<network>``, never
+as FID (the two are not comparable). The feature network is never the MFD feature map itself: a model trained
+against a metric's network would be graded by its own teacher.
+
+Both paths compute the distance with ``torchmetrics.image.fid.FrechetInceptionDistance`` (which takes a
+custom ``feature`` module), so the statistics, the matrix square root and the DDP reduction are the
+library's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+__all__ = ["SmallCNN", "save_classifier", "load_classifier", "inception_available", "FrechetDistance"]
+
+CLASSIFIER_WEIGHTS = "model.safetensors"
+CLASSIFIER_CONFIG = "config.json"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the file torch-fidelity caches
+
+
+class SmallCNN(nn.Module):
+    """A VGG-like classifier for 32x32 images whose penultimate layer gives the Fréchet-distance features.
+
+    Args:
+        in_channels: 3 (CIFAR-10) or 1 (MNIST padded to 32x32).
+        num_classes: number of classes.
+        width: channels of the first stage (doubled at each of the three stages).
+        feature_dim: size of the penultimate (feature) layer.
+
+    Shape:
+        input: (N, C, 32, 32) float in [-1, 1]; ``forward`` returns logits (N, num_classes), ``features``
+        returns (N, feature_dim).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, feature_dim: int = 128):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
+        layers, ch = [], in_channels
+        for out in (width, 2 * width, 4 * width):
+            for _ in range(2):
+                layers += [nn.Conv2d(ch, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                ch = out
+            layers.append(nn.MaxPool2d(2))
+        self.body = nn.Sequential(*layers)
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(ch * 16, feature_dim), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.embed(self.body(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+def save_classifier(model: SmallCNN, directory: str | os.PathLike, metadata: dict) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (architecture, name, data set, accuracy)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / CLASSIFIER_WEIGHTS))
+    (directory / CLASSIFIER_CONFIG).write_text(json.dumps({"architecture": model.config, **metadata}, indent=2))
+    return directory
+
+
+def load_classifier(directory: str | os.PathLike) -> tuple[SmallCNN, dict]:
+    """Load a classifier saved by :func:`save_classifier` (strictly), in eval mode and frozen.
+
+    Raises:
+        FileNotFoundError: the folder lacks the weights or the config (the message says how to make them).
+    """
+    directory = Path(directory)
+    if not (directory / CLASSIFIER_WEIGHTS).is_file() or not (directory / CLASSIFIER_CONFIG).is_file():
+        raise FileNotFoundError(f"no Fréchet-distance classifier in {directory}; train one with "
+                                f"python examples/train_fd_classifier.py --out {directory}")
+    config = json.loads((directory / CLASSIFIER_CONFIG).read_text())
+    model = SmallCNN(**config["architecture"])
+    model.load_state_dict(load_file(str(directory / CLASSIFIER_WEIGHTS)), strict=True)
+    return model.eval().requires_grad_(False), config
+
+
+class _ClassifierFeatures(nn.Module):
+    """uint8 (N, C, 32, 32) images -> (N, feature_dim) float features, as torchmetrics expects."""
+
+    def __init__(self, classifier: SmallCNN):
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.num_features = classifier.config["feature_dim"]
+
+    def train(self, mode: bool = True) -> "_ClassifierFeatures":
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(images.float() / 127.5 - 1.0)
+
+
+def inception_available() -> bool:
+    """True when torchmetrics can build its Inception-v3 FID network without a download."""
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file()
+
+
+class FrechetDistance:
+    """Fréchet distance of generated images to a fixed set of real images.
+
+    Args:
+        network: ``"inception"`` (FID; needs torch-fidelity and its cached weights, 3-channel data only),
+            a folder with a classifier from ``train_fd_classifier.py`` (``FD_<name>``), or ``"auto"``:
+            Inception when available, else ``classifier_dir``.
+        real_images: (N, C, H, W) uint8 real images (e.g. this process's shard of the test split).
+        classifier_dir: the classifier folder used by ``"auto"``.
+        device: where features are computed.
+        batch_size: images per feature-network call.
+
+    Attributes:
+        name: ``"FID"`` or ``"FD_<network>"``, the label to report the number under.
+
+    Raises:
+        FileNotFoundError: no usable network (the message says how to train the classifier).
+    """
+
+    def __init__(self, network: str, real_images: Tensor, *, classifier_dir: str | os.PathLike | None = None,
+                 device: torch.device | str = "cpu", batch_size: int = 500):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        if network == "auto":
+            if inception_available() and real_images.shape[1] == 3:
+                network = "inception"
+            elif classifier_dir is None:
+                raise FileNotFoundError("Inception weights are not available and no classifier folder was given")
+            else:
+                network = str(classifier_dir)
+        if network == "inception":
+            self.metric = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=False)
+            self.name = "FID"
+        else:
+            classifier, config = load_classifier(network)
+            self.metric = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False,
+                                                   normalize=False)
+            self.name = f"FD_{config.get('name', Path(network).name)}"
+        self.metric = self.metric.to(device)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self._rgb = network == "inception"
+        for i in range(0, real_images.shape[0], batch_size):
+            self.metric.update(self._prepare(real_images[i:i + batch_size]), real=True)
+
+    def _prepare(self, images: Tensor) -> Tensor:
+        images = images.to(self.device)
+        if self._rgb and images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return images
+
+    def add_fake(self, images: Tensor) -> None:
+        """Add generated images: float in [-1, 1] (quantised to uint8 like saved PNGs) or uint8."""
+        if images.is_floating_point():
+            images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        for i in range(0, images.shape[0], self.batch_size):
+            self.metric.update(self._prepare(images[i:i + self.batch_size]), real=False)
+
+    def compute(self) -> float:
+        """The distance over all fakes added since the last call (the real statistics are kept); then resets."""
+        value = float(self.metric.compute())
+        self.metric.reset()
+        return value

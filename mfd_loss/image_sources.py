@@ -1,0 +1,264 @@
+"""Image sources for training feature maps: tensors, arrays, folders, torchvision data sets, any Dataset.
+
+Every source becomes a ``torch.utils.data.Dataset`` whose items are single images (C, H, W); batches
+are assembled by :func:`collate_images`, which accepts the item types people have (uint8 or float tensors,
+numpy arrays in HWC or HW layout, PIL images, and ``(image, label)`` tuples) and raises a clear error
+for mixed sizes. :func:`to_model_range` maps a batch from its declared value range to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "ImageTensorDataset", "ImageFolderDataset", "load_array", "open_image_source",
+    "collate_images", "to_model_range", "IMAGE_EXTENSIONS",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in one (N, C, H, W) tensor (uint8 in [0, 255], or float in a declared range).
+
+    Batched fetches (``__getitems__``) slice the tensor instead of stacking N single items.
+    """
+
+    def __init__(self, images: Tensor):
+        if not isinstance(images, Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"expected an (N, C, H, W) tensor of images, got {shape}")
+        if images.shape[0] == 0:
+            raise ValueError("the image tensor is empty (N = 0)")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.images[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> Tensor:
+        return self.images[torch.as_tensor(indices)]
+
+
+class ImageFolderDataset(Dataset):
+    """Every image file under a folder (recursively, sorted), decoded with ``torchvision.io``.
+
+    Args:
+        root: the folder.
+        channels: 1 (grayscale), 3 (RGB) or None (as stored).
+        size: optional (H, W) every image is resized to (antialiased bilinear); without it, all images
+            must already share one size.
+
+    Raises:
+        FileNotFoundError: root is not a folder. ValueError: it holds no image files.
+    """
+
+    def __init__(self, root: str | os.PathLike, channels: int | None = 3, size: tuple[int, int] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.root}")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.files:
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1, 3 or None for an image folder, got {channels}")
+        self.channels, self.size = channels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2.functional import resize
+
+        mode = {None: ImageReadMode.UNCHANGED, 1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}[self.channels]
+        path = self.files[index]
+        try:
+            image = decode_image(str(path), mode=mode)
+        except RuntimeError as err:
+            raise ValueError(f"cannot decode image {path}: {err}") from None
+        if self.size is not None and tuple(image.shape[-2:]) != tuple(self.size):
+            image = resize(image, list(self.size), antialias=True)
+        return image
+
+
+def load_array(path: str | os.PathLike, key: str | None = None, layout: str = "auto") -> Tensor:
+    """Images from a ``.npy`` or ``.npz`` file as an (N, C, H, W) tensor.
+
+    Args:
+        path: the file.
+        key: array name inside an ``.npz`` (default: its only array, or ``"images"``/``"x_train"``).
+        layout: ``"nchw"``, ``"nhwc"``, or ``"auto"``: (N, H, W) is grayscale; a last axis of size 1, 3 or 4
+            with a larger second axis is read as NHWC; anything else as NCHW.
+
+    Raises:
+        ValueError: unknown key, layout, or an array that is not 3-D / 4-D.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"array file not found: {path}")
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            names = list(data.keys())
+            if key is None:
+                key = names[0] if len(names) == 1 else next((k for k in ("images", "x_train") if k in names), None)
+            if key not in names:
+                raise ValueError(f"{path} holds arrays {names}; choose one with key=")
+            array = data[key]
+    else:
+        array = data
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim != 4:
+        raise ValueError(f"{path}: expected images shaped (N, H, W), (N, H, W, C) or (N, C, H, W), got {array.shape}")
+    elif layout == "nhwc" or (layout == "auto" and array.shape[-1] in (1, 3, 4) and array.shape[1] > 4):
+        array = array.transpose(0, 3, 1, 2)
+    elif layout not in ("nchw", "auto"):
+        raise ValueError(f"layout must be 'auto', 'nchw' or 'nhwc', got {layout!r}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def open_image_source(
+    source: str | os.PathLike | Tensor | np.ndarray | Dataset,
+    *,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    channels: int | None = None,
+    size: tuple[int, int] | None = None,
+    key: str | None = None,
+    layout: str = "auto",
+) -> Dataset:
+    """Turn a user's data into a Dataset of (C, H, W) images.
+
+    Args:
+        source: one of
+            - ``"cifar10"`` / ``"mnist"``: the project's archives (see :mod:`mfd_loss.datasets`);
+            - ``"torchvision:NAME"`` (e.g. ``"torchvision:CIFAR100"``, ``"torchvision:FashionMNIST"``): a
+              torchvision data set class, stored under ``root`` (downloaded there when ``download=True``
+              on a machine with internet);
+            - a folder of image files; a ``.npy`` / ``.npz`` file of images;
+            - an (N, C, H, W) tensor or numpy array; any ``Dataset`` whose items are images or (image, ...) tuples.
+        split: ``"train"`` or ``"test"`` for named data sets.
+        root, download: for torchvision data sets; ``root`` also serves as the data folder of the
+            project archives.
+        channels, size: for image folders (see :class:`ImageFolderDataset`).
+        key, layout: for array files (see :func:`load_array`).
+
+    Raises:
+        ValueError: an unknown name or an empty source; FileNotFoundError: a path that does not exist.
+    """
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, np.ndarray):
+        source = torch.from_numpy(source)
+    if isinstance(source, Tensor):
+        return ImageTensorDataset(source)
+    text = str(source)
+    if text in ("cifar10", "mnist"):
+        from .datasets import load_cifar10, load_mnist
+
+        images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[text](split, root)
+        return ImageTensorDataset(images)
+    if text.startswith("torchvision:"):
+        import torchvision.datasets as tvd
+
+        name = text.split(":", 1)[1]
+        cls = getattr(tvd, name, None)
+        if cls is None:
+            raise ValueError(f"torchvision.datasets has no data set {name!r}")
+        if root is None:
+            raise ValueError(f"pass root= (--data-dir) to say where {name} is stored or should be downloaded")
+        kwargs = {"train": split == "train"} if "train" in cls.__init__.__code__.co_varnames else {"split": split}
+        try:
+            return cls(str(root), download=download, **kwargs)
+        except RuntimeError as err:
+            raise FileNotFoundError(f"{name} not found under {root} ({err}); pass download=True (--download) on a "
+                                    "machine with internet, or point root at a folder that holds it") from None
+    path = Path(text)
+    if path.is_dir():
+        return ImageFolderDataset(path, channels=3 if channels is None else channels, size=size)
+    if path.suffix in (".npy", ".npz"):
+        return ImageTensorDataset(load_array(path, key=key, layout=layout))
+    if path.exists():
+        raise ValueError(f"cannot read images from {path}: expected a folder of images or a .npy/.npz file")
+    raise FileNotFoundError(f"no data at {path}; pass 'cifar10', 'mnist', 'torchvision:NAME', a folder or an array file")
+
+
+def _as_chw(item: Any) -> Tensor:
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if isinstance(item, Tensor):
+        return item if item.ndim == 3 else item[None] if item.ndim == 2 else _bad(item.shape)
+    if isinstance(item, np.ndarray):
+        if item.ndim == 2:
+            return torch.from_numpy(item)[None]
+        if item.ndim == 3:
+            return torch.from_numpy(np.ascontiguousarray(item.transpose(2, 0, 1)))
+        return _bad(item.shape)
+    try:
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            from torchvision.transforms.v2.functional import pil_to_tensor
+
+            return pil_to_tensor(item)
+    except ImportError:  # pragma: no cover - PIL ships with torchvision
+        pass
+    raise ValueError(f"data set items must be images (tensor, numpy array or PIL image), got {type(item).__name__}")
+
+
+def _bad(shape: Any) -> Tensor:
+    raise ValueError(f"an image item must be (C, H, W) or (H, W), got shape {tuple(shape)}")
+
+
+def collate_images(items: Any) -> Tensor:
+    """Stack data set items into one (N, C, H, W) batch.
+
+    Raises:
+        ValueError: items of different sizes or channel counts (the message lists the shapes found).
+    """
+    if isinstance(items, Tensor) and items.ndim == 4:
+        return items
+    images = [_as_chw(item) for item in items]
+    shapes = sorted({tuple(im.shape) for im in images})
+    if len(shapes) > 1:
+        raise ValueError(f"images in one batch have different shapes {shapes[:4]}; resize them to one size "
+                         "(image folders: size=(H, W) / --size H W)")
+    return torch.stack(images)
+
+
+def to_model_range(batch: Tensor, input_range: tuple[float, float] | None = None) -> Tensor:
+    """Map a batch from its value range to float32 [-1, 1].
+
+    Args:
+        batch: (N, C, H, W); uint8 is taken as [0, 255]; float needs ``input_range``.
+        input_range: (low, high) of float data, e.g. (0, 1) or (-1, 1).
+
+    Raises:
+        ValueError: float data without a declared range, or values outside the declared range
+            (by more than 1% of its span), with the range actually found.
+    """
+    if batch.dtype == torch.uint8:
+        lo, hi = (0.0, 255.0) if input_range is None else input_range
+    elif input_range is None:
+        raise ValueError("float images need a declared input range, e.g. input_range=(0, 1) (--input-range 0 1)")
+    else:
+        lo, hi = (float(v) for v in input_range)
+    x = batch.float()
+    found_lo, found_hi = (float(v) for v in torch.aminmax(x))
+    slack = 0.01 * (hi - lo)
+    if found_lo < lo - slack or found_hi > hi + slack:
+        raise ValueError(f"images span [{found_lo:.4g}, {found_hi:.4g}] but the declared input range is "
+                         f"[{lo:g}, {hi:g}]; declare the right range (--input-range LOW HIGH)")
+    return (x - lo) * (2.0 / (hi - lo)) - 1.0
