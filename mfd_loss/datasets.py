@@ -6,6 +6,7 @@ Images are returned as uint8 tensors (N, C, H, W) in [0, 255]; :func:`to_model_r
 
 from __future__ import annotations
 
+import io
 import os
 from importlib import resources
 from pathlib import Path
@@ -45,11 +46,11 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from PIL import Image
 
-    data = torch.from_numpy(blob)
-    chunks = [data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-    return torch.stack(decode_jpeg(chunks, mode=ImageReadMode.RGB))
+    arrays = [np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+              for i in range(len(offsets) - 1)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:

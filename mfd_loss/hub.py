@@ -80,7 +80,7 @@ def is_repo_ref(ref: Any) -> bool:
 def _hf():
     """The ``huggingface_hub`` module, imported on first use (it reads the HF_* variables at import)."""
     import huggingface_hub
-    import huggingface_hub.constants  # noqa: F401 - submodules are not attributes until imported
+    import huggingface_hub.constants  # submodules are not attributes until imported
 
     return huggingface_hub
 
@@ -143,7 +143,8 @@ def _download_error(err: BaseException, repo_id: str, revision: str | None, file
     if isinstance(err, OSError) and "Consistency check failed" in str(err):
         return ConnectionError(f"the download of {filename} from {where} was incomplete ({str(err).splitlines()[0]}); "
                                "the partial file was discarded, retry (the download restarts cleanly)")
-    if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+    network_modules = ("httpx", "httpcore", "requests", "urllib3")
+    if isinstance(err, (ConnectionError, TimeoutError)) or type(err).__module__.startswith(network_modules):
         return ConnectionError(f"network error while fetching {filename} of {where} from {endpoint}: {err}; the "
                                "partial file was discarded, retry")
     return err if isinstance(err, Exception) else RuntimeError(str(err))
@@ -200,7 +201,7 @@ def download_folder(
                 force_download=force_download and not offline, library_name="mfd-loss",
                 library_version=_version(),
             ))
-        except Exception as err:  # noqa: BLE001 - re-raised with context
+        except Exception as err:  # re-raised below with context
             raise _download_error(err, repo_id, revision, filename, offline, cache_dir) from err
         if folder is None:
             folder, rev = path.parent, path.parent.name  # snapshots/<commit>: pin the second file to it

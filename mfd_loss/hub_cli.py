@@ -140,9 +140,11 @@ def _run_info(args: argparse.Namespace) -> int:
     arch = info["architecture"] or {}
     lines = [f"{args.ref}", f"  source:       {info['source']}  {info['path']}"]
     if info["repo_id"]:
-        lines.append(f"  hub:          {info['repo_id']}@{info['revision']}" + (f"  (name {info['name']})" if info["name"] else ""))
+        named = f"  (name {info['name']})" if info["name"] else ""
+        lines.append(f"  hub:          {info['repo_id']}@{info['revision']}{named}")
     lines += [
-        f"  sha256:       {info['sha256']}  ({info['bytes']} bytes, {info['storage_dtype']}, schema {info['schema_version']})",
+        f"  sha256:       {info['sha256']}  ({info['bytes']} bytes, {info['storage_dtype']}, "
+        f"schema {info['schema_version']})",
         "  architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()),
         f"  labels ({len(info['label_spec']['labels'])}): " + ", ".join(info["label_spec"]["labels"]),
         f"  ops:          {', '.join(info['label_spec']['ops'] or [])}",

@@ -50,7 +50,7 @@ class ImageTensorDataset(Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """Every image file under a folder (recursively, sorted), decoded with ``torchvision.io``.
+    """Every image file under a folder (recursively, sorted), decoded with Pillow.
 
     Args:
         root: the folder.
@@ -77,15 +77,16 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> Tensor:
-        from torchvision.io import ImageReadMode, decode_image
-        from torchvision.transforms.v2.functional import resize
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
-        mode = {None: ImageReadMode.UNCHANGED, 1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}[self.channels]
         path = self.files[index]
         try:
-            image = decode_image(str(path), mode=mode)
-        except RuntimeError as err:
+            with Image.open(path) as im:
+                im = im.convert({1: "L", 3: "RGB"}[self.channels]) if self.channels else im.copy()
+        except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot decode image {path}: {err}") from None
+        image = pil_to_tensor(im)
         if self.size is not None and tuple(image.shape[-2:]) != tuple(self.size):
             image = resize(image, list(self.size), antialias=True)
         return image

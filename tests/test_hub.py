@@ -40,10 +40,12 @@ def fake_hub(monkeypatch, tmp_path):
 
     with FakeHub() as server:
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf-home" / "agent_harnesses.json"))
+        # the client caches its agent-detection registry under HF_HOME: keep it out of the real home
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"), raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield server
 
@@ -120,7 +122,8 @@ def test_registry_register_list_unregister():
     with pytest.raises(ValueError, match="sha256"):
         register_pretrained(PretrainedSpec("bad", "d", REPO, "a" * 40, "xyz", None, 3, (32, 32), (-1.0, 1.0), "all"))
     with pytest.raises(ValueError, match="Hub model id"):
-        register_pretrained(PretrainedSpec("bad", "d", "noslash", "a" * 40, "0" * 64, None, 3, (32, 32), (-1.0, 1.0), "all"))
+        register_pretrained(PretrainedSpec("bad", "d", "noslash", "a" * 40, "0" * 64, None, 3, (32, 32), (-1.0, 1.0),
+                                           "all"))
     assert "bad" not in mfd_loss.list_pretrained()
     with pytest.raises(KeyError, match="available"):
         pretrained.load_pretrained("no-such-map")
@@ -142,8 +145,6 @@ def test_local_folder_and_file_make_no_request(fake_hub, tmp_path, tiny_map):
 
 
 def test_save_pretrained_is_strict_and_keeps_dtype(tmp_path, tiny_map):
-    import torch
-
     folder = tiny_map.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
     loaded = VGGFeatureMap.from_pretrained(folder)
     again = loaded.save_pretrained(tmp_path / "again")  # default: the dtype it was loaded from
@@ -282,7 +283,8 @@ def test_corrupted_or_truncated_transfer_is_rejected(fake_hub, published, tmp_pa
     fake_hub.tamper["model.safetensors"] = lambda b: b[: len(b) // 2]  # server sends half the file
     with pytest.raises(ConnectionError, match="incomplete"):
         pretrained.load_pretrained("org/tiny@v1")
-    assert not (tmp_path / "hf-cache" / "models--org--tiny" / "snapshots" / published["c1"] / "model.safetensors").exists()
+    snapshot = tmp_path / "hf-cache" / "models--org--tiny" / "snapshots" / published["c1"]
+    assert not (snapshot / "model.safetensors").exists()
     del fake_hub.tamper["model.safetensors"]
     assert _same_weights(VGGFeatureMap.from_pretrained("org/tiny@v1"), VGGFeatureMap.from_pretrained(published["dir1"]))
 
