@@ -28,7 +28,7 @@ EPS = 1e-5
 def _check_pair(feature_map: nn.Module, prediction: Tensor, target: Tensor, weight: Tensor | None) -> None:
     config = feature_map.config
     for name, x in (("prediction", prediction), ("target", target)):
-        check_images(x, channels=config.in_channels, min_size=feature_map.min_size, name=name)
+        check_images(x, channels=config.in_channels, min_size=getattr(feature_map, "min_size", 1), name=name)
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must have the same shape")
     size = tuple(prediction.shape[-2:])
@@ -78,7 +78,7 @@ def manifold_feature_distance(
 
     Args:
         feature_map: a feature map (e.g. :class:`~mfd_loss.VGGFeatureMap`) in eval mode; must expose
-            ``config`` (``in_channels``, ``resolution``, ``input_range``) and ``min_size``.
+            ``config`` (``in_channels``, ``resolution``, ``input_range``) and optionally ``min_size``.
         prediction: (N, C, H, W) float tensor (fp32/fp16/bf16), values in the map's input range
             ([-1, 1] by default); the gradient is meant for it.
         target: (N, C, H, W) same shape.

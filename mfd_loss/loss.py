@@ -45,6 +45,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         ValueError: unknown ``distance``/``reduction``; both or neither of ``pretrained``/``feature_map``;
             bad input shapes, channel counts, NHWC layout, sizes, weights or NaN/Inf at call time.
         KeyError: unknown pretrained name.
+        TypeError: ``feature_map`` is not a feature map (an nn.Module with a ``config``).
 
     Warns:
         InputRangeWarning: inputs clearly in [0, 1] or [0, 255] while [-1, 1] is expected (or the reverse
@@ -83,6 +84,12 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         if feature_map is None:
             feature_map, self.config = load_pretrained(pretrained)
         else:
+            config = getattr(feature_map, "config", None)
+            if not isinstance(feature_map, nn.Module) or not all(
+                    hasattr(config, a) for a in ("in_channels", "resolution", "input_range")):
+                raise TypeError("feature_map must be an nn.Module with a `config` (in_channels, resolution, "
+                                "input_range) that returns a list of taps, e.g. mfd_loss.VGGFeatureMap or a map "
+                                "loaded with mfd_loss.load_feature_map")
             feature_map = copy.deepcopy(feature_map)
         self.feature_map = feature_map.eval().requires_grad_(False)
         self.distance = distance

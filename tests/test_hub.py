@@ -129,6 +129,20 @@ def test_registry_register_list_unregister():
         pretrained.load_pretrained("no-such-map")
 
 
+@pytest.mark.parametrize("name", sorted(mfd_loss.list_pretrained()))
+def test_every_registered_map_loads_from_its_embedded_copy_without_network(name, fake_hub):
+    spec = pretrained.get_pretrained_spec(name)
+    found = pretrained.resolve_pretrained(name)
+    if spec.embedded is None:
+        pytest.skip(f"{name} ships no embedded copy")
+    assert found.source == "embedded" and (found.path / "README.md").is_file()  # weights, config and model card
+    assert serialization.sha256_file(found.path / "model.safetensors") == spec.sha256
+    fmap, config = pretrained.load_pretrained(name)
+    assert fmap.config.in_channels == spec.channels and tuple(fmap.config.resolution) == tuple(spec.resolution)
+    assert tuple(config["input_range"]) == tuple(spec.value_range)
+    assert fake_hub.requests == []
+
+
 # --- local paths --------------------------------------------------------------------------------------------
 def test_local_folder_and_file_make_no_request(fake_hub, tmp_path, tiny_map):
     folder = tiny_map.save_pretrained(tmp_path / "local")
