@@ -201,8 +201,11 @@ def evaluate_feature_map(
     feature_map.eval()
     device = next(feature_map.parameters()).device
     preds, targets = [], []
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(device)
+    starts = list(range(0, images.shape[0], batch_size))
+    if len(starts) > 1 and images.shape[0] - starts[-1] == 1:
+        starts.pop()  # no 1-image chunk: mixup needs a partner, so the last image joins the previous chunk
+    for i, end in zip(starts, starts[1:] + [images.shape[0]]):
+        x = images[i:end].to(device)
         x = to_model_range(x) if x.dtype == torch.uint8 else x.float()
         xp, labels = perturbations(x, generator=_generator(seed, 2, i), p=p)
         preds.append(feature_map.predict_labels(xp).float().cpu())
@@ -354,6 +357,8 @@ def train_feature_map(
     if spec.needs_rgb and channels != 3:
         raise ValueError(f"the perturbation spec {list(spec.ops)} has RGB-only ops (hue, saturation) but the images "
                          f"have {channels} channel(s); use spec='auto' or '{default_spec(channels)}'")
+    if "mixup" in spec.ops and config.batch_size < 2:
+        raise ValueError("the mixup perturbation needs batch_size >= 2 (its partner is another image of the batch)")
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     arch = _fit_architecture(architecture or FeatureMapConfig(), channels, spec.num_labels, (height, width))

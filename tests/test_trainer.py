@@ -168,3 +168,15 @@ def test_trainer_crash_during_checkpoint_keeps_previous(tmp_path, sample_uint8, 
 def test_missing_checkpoint_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_evaluation_with_a_one_image_remainder_and_mixup_on():
+    """A last evaluation chunk of one image used to crash: mixup needs a partner."""
+    from mfd_loss import FeatureMapConfig, Perturbations, VGGFeatureMap, load_sample_images
+    from mfd_loss.trainer import evaluate_feature_map
+
+    images = load_sample_images()[0][:21]
+    fmap = VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.125))
+    metrics = evaluate_feature_map(fmap, images, Perturbations("all", p=1.0), p=1.0, batch_size=10)
+    assert metrics["num_images"] == 21
+    assert all(v == v for v in metrics["r2"].values())  # every label varies at p = 1, so no NaN
