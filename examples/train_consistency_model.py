@@ -140,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     g.add_argument("--num-samples", type=int, default=64, help="images in each sample grid")
     g.add_argument("--fd-samples", type=int, default=10_000, help="generated images per Fréchet distance (0: none)")
+    g.add_argument("--fd-real", type=int, default=0, metavar="N",
+                   help="real test images for the Fréchet statistics (0: the whole test split)")
     g.add_argument("--fd-network", default="auto", metavar="auto|inception|PATH|none",
                    help="Fréchet-distance features: Inception (FID) when its weights are cached, else the "
                         "classifier folder from train_fd_classifier.py (reported as FD_<name>)")
@@ -298,7 +300,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     step, train_seconds, history = 0, 0.0, []
     if args.resume:
         state = load_checkpoint(ckpt_path)
-        changed = [k for k in RUN_IDENTITY if state["args"].get(k) != json.loads(json.dumps(vars(args)))[k]]
+        now = json.loads(json.dumps(vars(args)))
+        changed = [k for k in RUN_IDENTITY if state["args"].get(k) != now[k]]
         if changed:
             raise ValueError(f"{ckpt_path} was written with different {changed}; use another --out")
         model.load_state_dict(state["model"])
@@ -312,6 +315,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     fd = None
     if args.fd_samples > 0 and args.fd_network != "none":
         test_images, _ = load_images(args.dataset, "test", args.data_dir)
+        test_images = test_images[:args.fd_real or None]
         fd = FrechetDistance(args.fd_network, test_images[rank::world], device=device,
                              classifier_dir=args.fd_classifier or f"runs/fd-{args.dataset}")
 
@@ -346,18 +350,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if step == 0:
         run_eval()
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0 or args.no_progress, unit="step", desc=args.loss)
-    started, window_start, sums = time.monotonic(), time.monotonic(), {"loss": 0.0, "distance": 0.0, "n": 0}
+    started, window_start, window_cpu = time.monotonic(), time.monotonic(), time.process_time()
+    sums = {"loss": 0.0, "distance": 0.0, "n": 0}
     while step < args.steps:
         model.train()
-        idx = batch_indices(step, args.batch_size, images.shape[0], args.seed)[rank * local_batch:(rank + 1) * local_batch]
-        gen = seeded(args.seed, 2, rank, step)
-        x0 = images[idx].float() / 127.5 - 1.0
+        # The global batch, its flips, noise levels and noise depend on (seed, step) only; each process takes
+        # its slice, so K processes compute the same update as one process with the whole batch.
+        gen = seeded(args.seed, 2, step)
+        x0 = images[batch_indices(step, args.batch_size, images.shape[0], args.seed)].float() / 127.5 - 1.0
+        flip = torch.rand(args.batch_size, 1, 1, 1, generator=gen) < 0.5
         if args.xflip and args.dataset == "cifar10":
-            x0 = torch.where(torch.rand(local_batch, 1, 1, 1, generator=gen) < 0.5, x0.flip(-1), x0)
-        t = sample_noise_levels(local_batch, gen, args.p_mean, args.p_std)
-        r = r_from_t(t, args.q, args.k, args.b, args.stage)
+            x0 = torch.where(flip, x0.flip(-1), x0)
+        t = sample_noise_levels(args.batch_size, gen, args.p_mean, args.p_std)
         eps = torch.randn(x0.shape, generator=gen)
-        x0, t, r, eps = x0.to(device), t.to(device), r.to(device), eps.to(device)
+        mine = slice(rank * local_batch, (rank + 1) * local_batch)
+        x0, t, eps = x0[mine].to(device), t[mine].to(device), eps[mine].to(device)
+        r = r_from_t(t, args.q, args.k, args.b, args.stage)
         weight = consistency_weight(t, r)
         torch.manual_seed(seeded(args.seed, 3, rank, step).initial_seed())  # dropout masks of this step
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -374,26 +382,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         update_ema(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
         step += 1
         bar.update(1)
-        sums["loss"] += result.loss.item()
-        sums["distance"] += (weight * result.distance).mean().item()
+        sums["loss"] += result.loss.detach()  # summed on the device; read (one sync) at log time
+        sums["distance"] += (weight * result.distance).mean()
         sums["n"] += 1
         if step % args.log_every == 0 or step == args.steps:
-            now = time.monotonic()
-            entry = {"step": step, "loss": sums["loss"] / sums["n"], "weighted_distance": sums["distance"] / sums["n"],
-                     "seconds_per_step": (now - window_start) / sums["n"]}
-            log(entry)
+            now, cpu = time.monotonic(), time.process_time()
+            entry = {"step": step, "loss": float(sums["loss"]) / sums["n"],
+                     "weighted_distance": float(sums["distance"]) / sums["n"],
+                     "seconds_per_step": (now - window_start) / sums["n"],
+                     "cpu_seconds_per_step": (cpu - window_cpu) / sums["n"]}  # CPU time of this process: a
+            log(entry)                                                         # shared machine's fairer clock
             bar.set_postfix(loss=f"{entry['loss']:.4g}", wdist=f"{entry['weighted_distance']:.4g}")
-            window_start, sums = now, {"loss": 0.0, "distance": 0.0, "n": 0}
+            window_start, window_cpu, sums = now, cpu, {"loss": 0.0, "distance": 0.0, "n": 0}
         out_of_time = args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes
         if step % args.checkpoint_every == 0 or step == args.steps or out_of_time:
             train_seconds += time.monotonic() - started
             started = time.monotonic()
             checkpoint()
         if step % args.eval_every == 0 or step == args.steps:
-            eval_started = time.monotonic()
+            eval_started, eval_cpu = time.monotonic(), time.process_time()
             run_eval()
             started += time.monotonic() - eval_started  # evaluation time counts neither as training nor per step
             window_start += time.monotonic() - eval_started
+            window_cpu += time.process_time() - eval_cpu
         if out_of_time:
             break
     bar.close()

@@ -14,6 +14,8 @@ from .perturbations import LabelSpec, Perturbations, label_spec
 from .pretrained import download_pretrained, list_pretrained, load_pretrained
 from .serialization import load_feature_map, save_feature_map
 from .trainer import TrainConfig, train_feature_map
+from . import consistency
+from .objectives import pseudo_huber, tangent_loss
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,7 @@ __all__ = [
     "TrainConfig",
     "train_feature_map",
     "load_sample_images",
+    "tangent_loss",
+    "pseudo_huber",
+    "consistency",
 ]

@@ -53,8 +53,10 @@ def sample_noise_levels(
     Args:
         n: number of levels (>= 1).
         generator: the source of randomness (on ``device``); None uses the global RNG.
-        mean, std: P_mean and P_std of ln t (ECT on CIFAR-10: -1.1 and 2.0).
-        device, dtype: of the result (default: the generator's device, float32).
+        mean: P_mean of ln t (ECT on CIFAR-10: -1.1).
+        std: P_std of ln t (ECT on CIFAR-10: 2.0).
+        device: of the result (default: the generator's device).
+        dtype: of the result (default: float32).
 
     Returns:
         (n,) tensor of positive noise levels.
@@ -62,7 +64,7 @@ def sample_noise_levels(
     Raises:
         ValueError: n < 1 or std < 0.
 
-    Example:
+    Examples:
         >>> t = sample_noise_levels(4, torch.Generator().manual_seed(0))
         >>> t.shape, bool((t > 0).all())
         (torch.Size([4]), True)
@@ -92,7 +94,8 @@ def r_from_t(t: Tensor, q: float = 256.0, k: float = 8.0, b: float = 1.0, stage:
     Args:
         t: noise levels, any shape, positive.
         q: gap shrink factor per stage (> 1).
-        k, b: shape of the sigmoid that widens the gap at small t (k >= 0).
+        k: shape of the sigmoid that widens the gap at small t (k >= 0).
+        b: shape of the sigmoid that widens the gap at small t.
         stage: non-negative integer.
 
     Returns:
@@ -101,7 +104,7 @@ def r_from_t(t: Tensor, q: float = 256.0, k: float = 8.0, b: float = 1.0, stage:
     Raises:
         ValueError: q <= 1, k < 0 or stage < 0.
 
-    Example:
+    Examples:
         >>> r_from_t(torch.tensor([0.0, 1.0]))
         tensor([0.0000, 0.9877])
 
@@ -124,7 +127,7 @@ def consistency_weight(t: Tensor, r: Tensor) -> Tensor:
     Raises:
         ValueError: some t <= r (the pair would have no gap).
 
-    Example:
+    Examples:
         >>> consistency_weight(torch.tensor([2.0]), torch.tensor([1.5]))
         tensor([2.])
     """
@@ -159,7 +162,7 @@ def edm_preconditioning(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Precon
     Returns:
         :class:`Preconditioning` of tensors shaped like sigma.
 
-    Example:
+    Examples:
         >>> p = edm_preconditioning(torch.tensor([0.0, 0.5]))
         >>> p.c_skip, p.c_out
         (tensor([1.0000, 0.5000]), tensor([0.0000, 0.3536]))

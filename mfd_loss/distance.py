@@ -94,7 +94,7 @@ def manifold_feature_distance(
         ValueError: wrong rank, channel count (including NHWC layout), size other than the map's
             resolution, shape mismatch, bad weight shape, NaN/Inf, unknown distance or reduction.
 
-    Example:
+    Examples:
         >>> from mfd_loss import VGGFeatureMap, FeatureMapConfig
         >>> fmap = VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.25)).eval()
         >>> g = torch.Generator().manual_seed(0)

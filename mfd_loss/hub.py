@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,14 +86,20 @@ def _hf():
     return huggingface_hub
 
 
-def _errors():
-    """``huggingface_hub``'s exception classes, under their names of any version since 0.23."""
+def _errors() -> SimpleNamespace:
+    """``huggingface_hub``'s exception classes, found under their names in any version since 0.23."""
+    from huggingface_hub import utils
+
     try:
         from huggingface_hub import errors
-    except ImportError:  # huggingface_hub < 0.25 keeps them in utils
-        from huggingface_hub import utils as errors
-    entry = getattr(errors, "RemoteEntryNotFoundError", None) or errors.EntryNotFoundError
-    return errors, entry
+    except ImportError:  # pragma: no cover - very old versions keep them in utils only
+        errors = utils
+    names = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "RevisionNotFoundError", "RepositoryNotFoundError",
+             "HfHubHTTPError", "EntryNotFoundError")
+    found = SimpleNamespace(**{n: getattr(errors, n, None) or getattr(utils, n) for n in names})
+    # >= 1.0 splits "entry not found" into Remote/Local; before, the remote one is EntryNotFoundError itself
+    found.RemoteEntryNotFoundError = getattr(errors, "RemoteEntryNotFoundError", None) or found.EntryNotFoundError
+    return found
 
 
 def is_offline() -> bool:
@@ -112,7 +119,7 @@ def _where(repo_id: str, revision: str | None) -> str:
 def _download_error(err: BaseException, repo_id: str, revision: str | None, filename: str, offline: bool,
                     cache_dir: str | os.PathLike | None) -> Exception:
     """Turn a ``huggingface_hub`` failure into an error that names the repo, the revision and the fix."""
-    errors, remote_entry_missing = _errors()
+    errors = _errors()
     where, endpoint = _where(repo_id, revision), _hf().constants.ENDPOINT
     if isinstance(err, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)):
         cache = _cache_root(cache_dir)
@@ -129,7 +136,7 @@ def _download_error(err: BaseException, repo_id: str, revision: str | None, file
     if isinstance(err, errors.RevisionNotFoundError):
         return FileNotFoundError(f"revision {revision!r} does not exist in the Hub repo {repo_id!r} ({endpoint}); "
                                  f"pass an existing branch, tag or commit, e.g. pretrained='{repo_id}@main'")
-    if isinstance(err, remote_entry_missing):
+    if isinstance(err, errors.RemoteEntryNotFoundError):
         return FileNotFoundError(f"the Hub repo {where} has no {filename}; an mfd-loss feature map repo holds "
                                  "model.safetensors + config.json (publish one with `mfd-loss push DIR REPO_ID`)")
     if isinstance(err, errors.RepositoryNotFoundError):  # includes gated repos
@@ -191,7 +198,7 @@ def download_folder(
         if folder is not None:
             return folder
         if offline:
-            err = _errors()[0].LocalEntryNotFoundError(f"{repo_id}@{revision or 'main'} is not cached")
+            err = _errors().LocalEntryNotFoundError(f"{repo_id}@{revision or 'main'} is not cached")
             raise _download_error(err, repo_id, revision, CONFIG_NAME, offline, cache_dir)
     folder, rev = None, revision
     for filename in (CONFIG_NAME, WEIGHTS_NAME):

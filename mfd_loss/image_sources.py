@@ -151,13 +151,16 @@ def open_image_source(
             - a folder of image files; a ``.npy`` / ``.npz`` file of images;
             - an (N, C, H, W) tensor or numpy array; any ``Dataset`` whose items are images or (image, ...) tuples.
         split: ``"train"`` or ``"test"`` for named data sets.
-        root, download: for torchvision data sets; ``root`` also serves as the data folder of the
-            project archives.
-        channels, size: for image folders (see :class:`ImageFolderDataset`).
-        key, layout: for array files (see :func:`load_array`).
+        root: for torchvision data sets; also serves as the data folder of the project archives.
+        download: for torchvision data sets.
+        channels: for image folders (see :class:`ImageFolderDataset`).
+        size: for image folders (see :class:`ImageFolderDataset`).
+        key: for array files (see :func:`load_array`).
+        layout: for array files (see :func:`load_array`).
 
     Raises:
-        ValueError: an unknown name or an empty source; FileNotFoundError: a path that does not exist.
+        ValueError: an unknown name or an empty source.
+        FileNotFoundError: a path that does not exist.
     """
     if isinstance(source, Dataset):
         return source

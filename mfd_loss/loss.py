@@ -51,7 +51,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         InputRangeWarning: inputs clearly in [0, 1] or [0, 255] while [-1, 1] is expected (or the reverse
             with ``normalize=True``). Slight overshoot never warns.
 
-    Example:
+    Examples:
         >>> from mfd_loss import MFD, VGGFeatureMap, FeatureMapConfig
         >>> loss_fn = MFD(pretrained=None, feature_map=VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.25)))
         >>> x = torch.zeros(4, 3, 32, 32, requires_grad=True)

@@ -85,7 +85,7 @@ def pseudo_huber(
     Raises:
         ValueError: shape mismatch, non-floating input, bad weight shape, c < 0, unknown reduction.
 
-    Example:
+    Examples:
         >>> x = torch.zeros(2, 3, 4, 4)
         >>> pseudo_huber(x + 0.5, x, c=0.0)             # sqrt(48 * 0.25)
         tensor([3.4641, 3.4641])
@@ -171,7 +171,7 @@ def tangent_loss(
         ValueError: shape mismatch, bad weight shape, unknown direction/reduction, eps <= 0, a distance_fn that
             does not return shape (N,), or whose value does not depend differentiably on the prediction.
 
-    Example:
+    Examples:
         >>> sq = lambda x, y: (x - y).flatten(1).pow(2).sum(1)
         >>> x = torch.zeros(2, 3, 4, 4, requires_grad=True)
         >>> y = torch.ones(2, 3, 4, 4)
@@ -449,7 +449,7 @@ def build_objective(
         FileNotFoundError / KeyError: MFD weights that cannot be resolved (see :class:`~mfd_loss.MFD`).
         ImportError / RuntimeError: LPIPS without the ``lpips`` package or its backbone weights.
 
-    Example:
+    Examples:
         >>> objective = build_objective("pseudo-huber")
         >>> x = torch.zeros(2, 3, 8, 8, requires_grad=True)
         >>> out = objective(x, torch.ones(2, 3, 8, 8), weight=torch.tensor([1.0, 2.0]))

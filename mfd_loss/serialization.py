@@ -122,9 +122,11 @@ def load_feature_map(
         (feature map, config dict).
 
     Raises:
-        FileNotFoundError: a file is missing. IntegrityError (a ValueError): checksum mismatch, or a weights /
-        config file that is truncated or does not parse; nothing is loaded. ValueError: bad config, label spec
-        inconsistent with the architecture, or missing/unexpected/mis-shaped tensors.
+        FileNotFoundError: a file is missing.
+        IntegrityError: (a ValueError) checksum mismatch, or a weights / config file that is truncated or does
+            not parse; nothing is loaded.
+        ValueError: bad config, label spec inconsistent with the architecture, or missing/unexpected/mis-shaped
+            tensors.
     """
     path = Path(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path

@@ -33,19 +33,28 @@ TOKEN = "hf_test_token"
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------
+def _configure_client(monkeypatch, **values) -> None:
+    """Set huggingface_hub settings in-process, as the HF_* variables would at import."""
+    import huggingface_hub.constants as constants
+    import huggingface_hub.file_download as file_download
+    import huggingface_hub.hf_api as hf_api
+
+    for name, value in values.items():
+        monkeypatch.setattr(constants, name, value, raising=False)
+        for module in (file_download, hf_api):  # huggingface_hub < 1.0 copies some of them at import
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, value)
+
+
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
     """A running stand-in Hub, the client pointed at it, and an empty Hub cache under tmp_path."""
-    from huggingface_hub import constants
-
     with FakeHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        # the client caches its agent-detection registry under HF_HOME: keep it out of the real home
-        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"), raising=False)
+        _configure_client(monkeypatch, ENDPOINT=server.url, HF_HUB_OFFLINE=False,
+                          HUGGINGFACE_CO_URL_TEMPLATE=server.url + "/{repo_id}/resolve/{revision}/{filename}",
+                          HF_HUB_CACHE=str(tmp_path / "hf-cache"),
+                          # the client caches its agent-detection registry under HF_HOME: not the real home
+                          AGENT_HARNESSES_PATH=str(tmp_path / "agent_harnesses.json"))
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield server
 
@@ -190,17 +199,15 @@ def test_first_download_then_cache_reuse(fake_hub, published, tmp_path):
 
 
 def test_offline_and_local_files_only_make_zero_requests(fake_hub, published, monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1 or local_files_only=True") as err:
         pretrained.load_pretrained(REPO, local_files_only=True)  # cold cache
     assert "mfd-loss download org/tiny" in str(err.value) and fake_hub.requests == []
     pretrained.load_pretrained(REPO)  # warm the cache
     fake_hub.reset_log()
     pretrained.load_pretrained(REPO, local_files_only=True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1 before huggingface_hub's import
+    _configure_client(monkeypatch, HF_HUB_OFFLINE=True)  # HF_HUB_OFFLINE=1 before huggingface_hub's import
     MFD(pretrained=REPO)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _configure_client(monkeypatch, HF_HUB_OFFLINE=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # ... or set later: mfd-loss reads it at call time too
     VGGFeatureMap.from_pretrained(REPO)
     assert fake_hub.requests == []
@@ -308,12 +315,16 @@ def test_interrupted_download_is_resumed_or_retried(fake_hub, published, monkeyp
 
     monkeypatch.setattr(fd.time, "sleep", lambda s: None)  # the client waits 1 s before resuming
     fake_hub.drop_after["model.safetensors"] = 1000  # connection lost after 1000 bytes
-    fmap = VGGFeatureMap.from_pretrained(REPO)
-    ranges = [h.get("range") for m, p, h in fake_hub.requests if m == "GET" and p.endswith("model.safetensors")]
-    assert len(ranges) == 2  # cut, then fetched again by the client (resumed from its last full chunk)
+    try:
+        fmap = VGGFeatureMap.from_pretrained(REPO)  # huggingface_hub >= 1.0 resumes by itself
+    except ConnectionError as err:  # older clients give up: a clear error, nothing cached, then a retry works
+        assert "retry" in str(err) and not _snapshot_files(tmp_path / "hf-cache")[1:]
+        fmap = VGGFeatureMap.from_pretrained(REPO)
+    gets = [p for m, p, _ in fake_hub.requests if m == "GET" and p.endswith("model.safetensors")]
+    assert len(gets) == 2  # cut, then fetched again
     assert _same_weights(fmap, VGGFeatureMap.from_pretrained(published["dir2"]))
     fake_hub.fail_get["model.safetensors"] = 503  # a transfer that fails outright
-    with pytest.raises(ConnectionError, match=r"HTTP 503.*retry"):
+    with pytest.raises(ConnectionError, match=r"503.*retry"):
         pretrained.load_pretrained("org/tiny@v1")
     assert not any(p.parent.name == published["c1"] and p.name == "model.safetensors"
                    for p in _snapshot_files(tmp_path / "hf-cache"))
@@ -432,10 +443,8 @@ def test_cli_with_real_environment_variables(fake_hub, published, tmp_path, monk
     path = Path(done.stdout.strip())
     assert path.is_relative_to(tmp_path / "hf-home" / "hub") and path.name == published["c2"]
     assert fake_hub.count("GET", "/resolve/") == 2
-    from huggingface_hub import constants
-
     fake_hub.reset_log()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    _configure_client(monkeypatch, HF_HUB_CACHE=str(tmp_path / "hf-home" / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, out, err = _cli("info", REPO, "--json")
     assert code == 0, err

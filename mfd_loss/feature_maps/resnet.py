@@ -39,7 +39,7 @@ class ResNetFeatureMap(TapFeatureMap):
     Args:
         config: the architecture (:class:`FeatureMapConfig` with a ResNet ``arch``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> fmap = ResNetFeatureMap(FeatureMapConfig(arch="resnet10", width=0.25, num_labels=7)).eval()
         >>> [tuple(t.shape[1:]) for t in fmap(torch.zeros(2, 3, 32, 32))]

@@ -24,7 +24,7 @@ class VGGFeatureMap(TapFeatureMap):
         tap i is (N, C_i, H / 2^(i+1), W / 2^(i+1)); the head tap is (N, K, 1, 1). VGG16 at 32x32:
         64x16x16, 128x8x8, 256x4x4, 512x2x2, 512x1x1, Kx1x1 (about 14.7 M parameters with K = 15).
 
-    Example:
+    Examples:
         >>> import torch
         >>> fmap = VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.25)).eval()
         >>> [tuple(t.shape[1:]) for t in fmap(torch.zeros(2, 3, 32, 32))]

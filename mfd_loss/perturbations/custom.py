@@ -7,7 +7,7 @@ off). Registered ops are applied after the built-in ones, in registration order,
 the built-in labels. A map trained with a custom op records it in its label spec; loading that map needs
 the op registered again (import the module that registers it first).
 
-Example:
+Examples:
     >>> import torch
     >>> from mfd_loss.perturbations import OpSpec, Perturbations, register_perturbation, unregister_perturbation
     >>> class Stripes:

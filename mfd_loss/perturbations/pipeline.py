@@ -45,7 +45,7 @@ class Perturbations:
         ValueError: unknown preset/op, a probability outside [0, 1], or a mapping naming an op that
             is not in the spec.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> pert = Perturbations("geometric", p=1.0)
         >>> x = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1

@@ -175,7 +175,7 @@ def label_spec(preset_or_ops: str | Iterable[str] | LabelSpec = "all") -> LabelS
     Raises:
         ValueError: an unknown preset or op name.
 
-    Example:
+    Examples:
         >>> label_spec("geometric").num_labels
         7
         >>> label_spec("all").labels[:3]

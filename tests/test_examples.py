@@ -1,0 +1,178 @@
+"""The consistency-training example, run for a few CPU steps on real images (examples/train_consistency_model.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mfd_loss import FeatureMapConfig, VGGFeatureMap, load_sample_images, save_feature_map
+from mfd_loss.checkpoint import load_checkpoint
+from mfd_loss.perturbations import label_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import train_consistency_model as example  # noqa: E402
+
+TINY_NET = ["--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none"]
+
+
+@pytest.fixture(autouse=True)
+def sample_data(monkeypatch):
+    """The 64 real CIFAR-10 images shipped with the package stand in for both splits (no data folder needed)."""
+    images, labels = load_sample_images()
+
+    def load_images(dataset, split, data_dir=None):
+        if dataset == "mnist":
+            return example.load_images.__wrapped__(dataset, split, data_dir)
+        return images, labels
+
+    load_images.__wrapped__ = example.load_images
+    monkeypatch.setattr(example, "load_images", load_images)
+
+
+def _feature_map(folder: Path, channels: int = 3) -> str:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fmap = VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.125, in_channels=channels)).eval()
+    save_feature_map(fmap, folder, label_spec=label_spec("all"))
+    return str(folder)
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return ["--out", str(out), "--batch-size", "8", "--lr", "1e-3", "--ema-decay", "0.9", "--log-every", "1",
+            "--eval-every", "1000", "--fd-network", "none", "--num-samples", "4", "--no-progress", *TINY_NET, *extra]
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        example.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--loss", "--direction", "--mfd-pretrained", "--resume", "--init", "--fd-network", "torchrun"):
+        assert flag in text
+    for name in ("mfd", "lpips", "pseudo-huber", "l2", "normalized", "raw"):
+        assert name in text
+
+
+def test_loss_choices_come_from_the_library_registry():
+    from mfd_loss.objectives import OBJECTIVES
+
+    for name in OBJECTIVES:
+        assert example.parse_args(["--out", "x", "--loss", name]).loss == name
+    with pytest.raises(SystemExit):
+        example.parse_args(["--out", "x", "--loss", "lpips-vgg"])
+
+
+def test_mfd_training_loss_decreases(tmp_path):
+    """30 steps of AYT training on real CIFAR-10 images: the weighted MFD between D_t and D_r falls."""
+    fmap = _feature_map(tmp_path / "fmap")
+    summary = example.main(example.parse_args(_args(tmp_path / "run", "--loss", "mfd", "--mfd-pretrained", fmap,
+                                                    "--steps", "30", "--lr", "3e-3")))
+    log = [entry["weighted_distance"] for entry in summary["log"]]
+    assert len(log) == 30 and all(math.isfinite(v) for v in log)
+    assert sum(log[-10:]) / 10 < 0.7 * sum(log[:10]) / 10
+    grid = Path(summary["last_eval"]["grid_1step"])
+    assert grid.is_file() and grid.stat().st_size > 0
+    assert (tmp_path / "run" / "samples" / "step_0000030_2step.png").is_file()
+
+
+@pytest.mark.parametrize("loss", ["pseudo-huber", "l2"])
+def test_pixel_baselines_run(tmp_path, loss):
+    summary = example.main(example.parse_args(_args(tmp_path / "run", "--loss", loss, "--steps", "2")))
+    assert summary["step"] == 2 and all(math.isfinite(e["loss"]) for e in summary["log"])
+
+
+def test_resume_is_exact(tmp_path):
+    common = ["--loss", "pseudo-huber", "--checkpoint-every", "2", "--dropout", "0.2"]
+    example.main(example.parse_args(_args(tmp_path / "straight", *common, "--steps", "4")))
+    example.main(example.parse_args(_args(tmp_path / "stopped", *common, "--steps", "2")))
+    example.main(example.parse_args(_args(tmp_path / "stopped", *common, "--steps", "4", "--resume")))
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt"), load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+def test_resume_and_out_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        example.main(example.parse_args(_args(tmp_path / "none", "--loss", "l2", "--steps", "1", "--resume")))
+    example.main(example.parse_args(_args(tmp_path / "run", "--loss", "l2", "--steps", "1")))
+    with pytest.raises(FileExistsError, match="--resume"):
+        example.main(example.parse_args(_args(tmp_path / "run", "--loss", "l2", "--steps", "2")))
+    with pytest.raises(ValueError, match="different"):
+        example.main(example.parse_args(_args(tmp_path / "run", "--loss", "pseudo-huber", "--steps", "2", "--resume")))
+
+
+def test_init_from_checkpoint(tmp_path):
+    example.main(example.parse_args(_args(tmp_path / "first", "--loss", "l2", "--steps", "1")))
+    summary = example.main(example.parse_args(_args(tmp_path / "tuned", "--loss", "pseudo-huber", "--steps", "1",
+                                                    "--init", str(tmp_path / "first" / "checkpoint.pt"))))
+    assert summary["step"] == 1
+
+
+def test_frechet_distance_with_classifier(tmp_path):
+    pytest.importorskip("torchmetrics")
+    from fd_metric import SmallCNN, save_classifier
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_classifier(SmallCNN(width=8, feature_dim=16).eval(), tmp_path / "fd", {"name": "tiny-test"})
+    args = _args(tmp_path / "run", "--loss", "l2", "--steps", "1")
+    args[args.index("--fd-network") + 1] = str(tmp_path / "fd")
+    summary = example.main(example.parse_args([*args, "--fd-samples", "40"]))
+    for evaluation in (summary["first_eval"], summary["last_eval"]):
+        assert set(evaluation) >= {"FD_tiny-test_1step", "FD_tiny-test_2step"}
+        assert all(math.isfinite(evaluation[k]) and evaluation[k] >= 0 for k in evaluation if k.startswith("FD_"))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum("eval" in line for line in lines) == 2
+
+
+def test_mnist_with_grey_feature_map(tmp_path):
+    try:
+        example.load_images.__wrapped__("mnist", "test")
+    except FileNotFoundError:
+        pytest.skip("MNIST archive not available")
+    fmap = _feature_map(tmp_path / "fmap", channels=1)
+    summary = example.main(example.parse_args(_args(tmp_path / "run", "--dataset", "mnist", "--loss", "mfd",
+                                                    "--mfd-pretrained", fmap, "--steps", "2")))
+    assert summary["step"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo) computes the same weights as one process with the whole batch."""
+    common = ["--loss", "pseudo-huber", "--steps", "2", "--dropout", "0", "--data-dir", str(tmp_path / "nodata")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "examples" / "train_consistency_model.py")
+    # The subprocesses read real MNIST (no monkeypatching across processes); skip when it is absent.
+    try:
+        example.load_images.__wrapped__("mnist", "test")
+    except FileNotFoundError:
+        pytest.skip("MNIST archive not available")
+    from mfd_loss.datasets import find_data_dir
+
+    common[-1] = str(find_data_dir())
+    args = [*_args(tmp_path / "ddp", "--dataset", "mnist", *common)]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script,
+                    *args], check=True, env=env, capture_output=True, timeout=300)
+    example.main(example.parse_args(_args(tmp_path / "single", "--dataset", "mnist", *common)))
+    ddp, single = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt"), load_checkpoint(tmp_path / "single" / "checkpoint.pt")
+    for k in single["model"]:
+        torch.testing.assert_close(ddp["model"][k], single["model"][k], rtol=1e-4, atol=1e-6)
+
+
+def test_diffusers_network_when_installed():
+    pytest.importorskip("diffusers")
+    from unet import build_network
+
+    net = build_network("diffusers", in_channels=3, channels=32, channel_mult=(1, 2), num_blocks=1, attention=(),
+                        dropout=0.1, resolution=32)
+    assert net(torch.zeros(2, 3, 32, 32), torch.zeros(2)).shape == (2, 3, 32, 32)
