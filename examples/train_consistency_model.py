@@ -239,6 +239,31 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- evaluation
+def fixed_pairs(args, images: Tensor, device: torch.device, n: int = 64) -> tuple[Tensor, ...]:
+    """A fixed batch of (x0, t, r, eps) for a noise-free measure of progress (the same at every evaluation)."""
+    gen = seeded(args.seed, 9)
+    idx = torch.randperm(images.shape[0], generator=gen)[:n]
+    x0 = images[idx].float() / 127.5 - 1.0
+    t = sample_noise_levels(x0.shape[0], gen, args.p_mean, args.p_std)
+    eps = torch.randn(x0.shape, generator=gen)
+    r = r_from_t(t, args.q, args.k, args.b, args.stage)
+    return x0.to(device), t.to(device), r.to(device), eps.to(device)
+
+
+def consistency_gap(model: EDMDenoiser, objective: nn.Module, pairs: tuple[Tensor, ...]) -> float:
+    """mean_b w_b d(D_t,b, D_r,b) on the fixed pairs, dropout off: the objective's own distance, deterministic."""
+    x0, t, r, eps = pairs
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        d_t = model(x0 + t[:, None, None, None] * eps, t)
+        d_r = torch.where((r > 0)[:, None, None, None], model(x0 + r[:, None, None, None] * eps, r), x0)
+        weight = consistency_weight(t, r)
+        value = float((weight * objective(d_t, d_r, weight).distance).mean())
+    model.train(was_training)
+    return value
+
+
 def evaluate(args, ema: EDMDenoiser, step: int, fd: FrechetDistance | None, rank: int, world: int,
              device: torch.device, channels: int, out: Path) -> dict[str, Any]:
     """Sample grids (rank 0) and 1-step / 2-step Fréchet distances (all ranks) with the EMA network."""
@@ -335,8 +360,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if world > 1:
             dist.barrier()
 
+    pairs = fixed_pairs(args, images, device)
+
     def run_eval() -> None:
-        entry = evaluate(args, ema, step, fd, rank, world, device, channels, out)
+        entry = {"consistency_gap": consistency_gap(model, objective, pairs)}
+        entry.update(evaluate(args, ema, step, fd, rank, world, device, channels, out))
         log({"eval": entry})
         if rank == 0:
             numbers = ", ".join(f"{k} {v:.2f}" for k, v in entry.items() if isinstance(v, float))

@@ -190,16 +190,16 @@ def tangent_loss(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    probe = prediction.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad():  # also under torch.no_grad(): the direction is needed for the value too
+        probe = prediction.detach().requires_grad_(True)
         distance = distance_fn(probe, target.detach())
-    if not isinstance(distance, Tensor) or distance.shape != prediction.shape[:1]:
-        shape = tuple(distance.shape) if isinstance(distance, Tensor) else type(distance).__name__
-        raise ValueError(f"distance_fn must return per-sample values of shape (N,) = ({prediction.shape[0]},), got "
-                         f"{shape}; use reduction='none' on loss modules such as MFD")
-    if not distance.requires_grad:
-        raise ValueError("distance_fn's value does not depend differentiably on the prediction")
-    (grad,) = torch.autograd.grad(distance.sum(), probe)
+        if not isinstance(distance, Tensor) or distance.shape != prediction.shape[:1]:
+            shape = tuple(distance.shape) if isinstance(distance, Tensor) else type(distance).__name__
+            raise ValueError(f"distance_fn must return per-sample values of shape (N,) = ({prediction.shape[0]},), "
+                             f"got {shape}; use reduction='none' on loss modules such as MFD")
+        if not distance.requires_grad:
+            raise ValueError("distance_fn's value does not depend differentiably on the prediction")
+        (grad,) = torch.autograd.grad(distance.sum(), probe)
     grad = grad.float().flatten(1)
     if direction == "normalized":
         grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(eps)

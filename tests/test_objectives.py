@@ -140,6 +140,13 @@ class TestTangentGradient:
         torch.testing.assert_close(distance, mfd(prediction, target))
         assert not distance.requires_grad
 
+    def test_works_under_no_grad(self, mfd, pair):
+        prediction, target, weight = pair
+        with torch.no_grad():
+            values, distance = tangent_loss(prediction, target, mfd, weight, reduction="none", return_distance=True)
+        torch.testing.assert_close(values, 0.5 * weight)
+        torch.testing.assert_close(distance, mfd(prediction, target))
+
     def test_errors(self, mfd, pair):
         prediction, target, weight = pair
         with pytest.raises(ValueError, match="shape \\(N,\\)"):
