@@ -128,6 +128,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                                                 "or a folder / array file of uint8 images)")
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/ and mnist/")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16"], help="storage dtype")
+    p.add_argument("--note", action="append", default=None, help="a remark stored in config.json and the model card (repeatable)")
     p.set_defaults(func=_run_export)
 
 
@@ -143,7 +144,7 @@ def _run_export(args: argparse.Namespace) -> int:
         eval_images = collate_images([held_out[i] for i in range(len(held_out))])
         eval_name = f"{args.data} test split, {eval_images.shape[0]} images"
     config = export_run(args.run, args.out, dtype=getattr(torch, args.dtype), eval_images=eval_images,
-                        eval_name=eval_name)
+                        eval_name=eval_name, notes=args.note)
     print(json.dumps(config.get("metrics", {}), indent=2))
     return 0
 

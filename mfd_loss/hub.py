@@ -409,6 +409,9 @@ def model_card(folder_or_config: str | os.PathLike | dict[str, Any], *, repo_id:
         lines += ["## Training data", "", *[f"- {k}: {v}" for k, v in dataset.items()], ""]
     if config.get("recipe"):
         lines += ["## Training recipe", "", "```json", json.dumps(config["recipe"], indent=2, default=str), "```", ""]
+    if config.get("notes"):
+        notes = config["notes"] if isinstance(config["notes"], list) else [config["notes"]]
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     if held:
         lines += ["## Metrics (held out)", ""]
         if held.get("images"):

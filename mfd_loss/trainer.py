@@ -489,6 +489,7 @@ def export_run(
     eval_images: Tensor | None = None,
     eval_name: str | None = None,
     dataset: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export the model of a run's checkpoint as ``model.safetensors`` + ``config.json``.
 
@@ -505,6 +506,7 @@ def export_run(
             R^2/MSE are computed on all of them (else the run's last evaluation is used).
         eval_name: description of eval_images stored with the metrics (e.g. "cifar10 test, 10000 images").
         dataset: description of the training data; default: the one stored in the checkpoint.
+        notes: free-text remarks stored as ``notes`` (rendered in the model card).
 
     Returns:
         the exported config dict (without schema fields).
@@ -533,6 +535,8 @@ def export_run(
                                 "recipe": recipe}
     if metrics is not None:
         metadata["metrics"] = {"held_out": metrics}
+    if notes:
+        metadata["notes"] = list(notes)
     if dtype == torch.float16 and (eval_images is not None or (arch.in_channels, arch.resolution) == (3, (32, 32))):
         from .datasets import load_sample_images
 
