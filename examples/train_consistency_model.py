@@ -57,7 +57,7 @@ from mfd_loss.objectives import OBJECTIVES, build_objective  # noqa: E402
 
 # Arguments that define a run: resuming with a different value is an error (steps and eval settings may change).
 RUN_IDENTITY = ("dataset", "loss", "direction", "blend", "ramp_steps", "mfd_pretrained", "mfd_distance", "lpips_net",
-                "huber_c", "arch", "channels", "channel_mult", "num_blocks", "attention", "dropout", "batch_size", "lr",
+                "huber_c", "optimizer", "arch", "channels", "channel_mult", "num_blocks", "attention", "dropout", "batch_size", "lr",
                 "ema_decay", "seed", "xflip", "p_mean", "p_std", "q", "k", "b", "stage", "sigma_data", "init")
 
 
@@ -114,7 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=400_000, help="total training steps; default: %(default)s")
     g.add_argument("--batch-size", type=int, default=128, help="global batch (split over processes); default: %(default)s")
-    g.add_argument("--lr", type=float, default=1e-4, help="RAdam learning rate; default: %(default)s")
+    g.add_argument("--optimizer", choices=["radam", "adam"], default="radam",
+                   help="RAdam (the paper's) or Adam (steadier for tiny, high-lr CPU runs: RAdam's first 5 steps are "
+                        "un-normalised momentum steps); default: %(default)s")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate; default: %(default)s")
     g.add_argument("--ema-decay", type=float, default=0.9999,
                    help="EMA decay, warmed up as min(decay, (1 + step) / (10 + step)); default: %(default)s")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, noise and dropout")
@@ -316,7 +319,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.init:
         init_weights(model, args.init)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.RAdam(model.parameters(), lr=args.lr)
+    optimizer = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[args.optimizer](model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     objective = build_objective(args.loss, direction=args.direction, blend=args.blend, ramp_steps=args.ramp_steps,
                                 mfd_pretrained=args.mfd_pretrained, mfd_distance=args.mfd_distance,
