@@ -8,11 +8,14 @@ One training step (METHOD.md Sec. 5; Geng et al. 2024 ECT; Kim, Cha & Ye 2025 AY
     D_r = D_theta(x_r, r)            (no grad, same dropout mask)      x0 where r = 0
     loss = objective(D_t, D_r, w = 1 / (t - r))                        --loss mfd | lpips | pseudo-huber | l2
 
-Quick run on a CPU (minutes; a tiny U-Net, a tiny MFD feature map):
+Quick run on a CPU (a tiny U-Net and a tiny feature map; ~0.45 CPU-seconds per step with --loss mfd):
 
-    python examples/train_consistency_model.py --out runs/ct-mfd --loss mfd --mfd-pretrained runs/fmap-tiny \\
-        --steps 300 --batch-size 32 --channels 32 --channel-mult 1,2 --num-blocks 1 --attention none \\
-        --lr 1e-3 --ema-decay 0.99 --eval-every 150 --fd-samples 1000
+    mfd-loss train --data cifar10 --out runs/fmap-tiny --arch vgg11 --width 0.125 --steps 300 --batch-size 64
+    python examples/train_fd_classifier.py --dataset cifar10 --out runs/fd-cifar10
+    OMP_NUM_THREADS=1 python examples/train_consistency_model.py --out runs/ct-mfd --loss mfd \\
+        --mfd-pretrained runs/fmap-tiny --steps 200 --batch-size 16 --channels 16 --channel-mult 1,2 \\
+        --num-blocks 1 --attention none --optimizer adam --lr 1e-3 --ema-decay 0.99 --eval-every 100 \\
+        --fd-samples 500 --fd-real 2000
 
 Full scale (the paper's recipe: batch 128, RAdam 1e-4, EMA 0.9999, 400k iterations) on 8 GPUs:
 
@@ -69,57 +72,64 @@ def _huber_c(text: str) -> float | None:
     return None if text == "ict" else float(text)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and appends each flag's default."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=110)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="train_consistency_model.py", description=__doc__,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32))
+        prog="train_consistency_model.py", description=__doc__, formatter_class=_HelpFormatter,
+        usage="%(prog)s --out DIR [--loss {mfd,lpips,pseudo-huber,l2}] [--direction {normalized,raw}] [options]")
     g = p.add_argument_group("data and output")
     g.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10",
-                   help="training data (MNIST is padded to 32x32); default: %(default)s")
+                   help="training data (MNIST is padded to 32x32)")
     g.add_argument("--data-dir", default=None, help="folder holding cifar10/ and mnist/ (default: $MFD_DATA_DIR or shared/data)")
     g.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, samples/*.png")
     g.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt (an error if it is missing)")
     g.add_argument("--init", default=None, metavar="PATH",
                    help="tune from a checkpoint.pt of this script (its EMA weights) or a .safetensors state dict")
     g.add_argument("--xflip", action=argparse.BooleanOptionalAction, default=True,
-                   help="random horizontal flips of training images (CIFAR-10 only); default: on")
+                   help="random horizontal flips of training images (CIFAR-10 only)")
 
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=sorted(OBJECTIVES), default="mfd",
                    help="mfd: AYT tangent loss of the Manifold Feature Distance; lpips: the same with LPIPS; "
-                        "pseudo-huber: ECT's loss (c = --huber-c); l2: mean squared error; default: %(default)s")
+                        "pseudo-huber: ECT's loss (c = --huber-c); l2: mean squared error")
     g.add_argument("--direction", choices=["normalized", "raw"], default="normalized",
                    help="tangent loss direction: unit gradient per sample (AYT) or the raw feature-distance gradient")
     g.add_argument("--blend", type=float, default=None, metavar="LAMBDA",
                    help="train on pseudo-Huber(c=0) + LAMBDA * ramp * tangent loss instead of the tangent loss alone")
-    g.add_argument("--ramp-steps", type=int, default=5000, help="length of the --blend ramp in steps; default: %(default)s")
+    g.add_argument("--ramp-steps", type=int, default=5000, help="length of the --blend ramp in steps")
     g.add_argument("--mfd-pretrained", default="cifar10", metavar="NAME_OR_PATH",
                    help="MFD feature map: a registered name or a folder with model.safetensors + config.json")
-    g.add_argument("--mfd-distance", choices=["group", "squared"], default="group", help="MFD form; default: %(default)s")
-    g.add_argument("--lpips-net", choices=["vgg", "alex", "squeeze"], default="vgg", help="LPIPS backbone; default: %(default)s")
+    g.add_argument("--mfd-distance", choices=["group", "squared"], default="group", help="MFD form")
+    g.add_argument("--lpips-net", choices=["vgg", "alex", "squeeze"], default="vgg", help="LPIPS backbone")
     g.add_argument("--huber-c", type=_huber_c, default=0.0, metavar="C",
-                   help="pseudo-Huber constant: a number (0 = ECT's L2 norm) or 'ict' for 0.00054*sqrt(d); default: 0")
+                   help="pseudo-Huber constant: a number (0 = ECT's L2 norm) or 'ict' for 0.00054*sqrt(d)")
 
     g = p.add_argument_group("network")
     g.add_argument("--arch", choices=["unet", "diffusers"], default="unet",
                    help="unet: examples/unet.py; diffusers: diffusers' UNet2DModel (pip install diffusers)")
-    g.add_argument("--channels", type=int, default=64, help="width of the first U-Net level; default: %(default)s")
+    g.add_argument("--channels", type=int, default=64, help="width of the first U-Net level")
     g.add_argument("--channel-mult", type=_ints, default=(1, 2, 2), metavar="M,M,...",
-                   help="width multipliers per level; default: 1,2,2")
-    g.add_argument("--num-blocks", type=int, default=2, help="residual blocks per level; default: %(default)s")
+                   help="width multipliers per level")
+    g.add_argument("--num-blocks", type=int, default=2, help="residual blocks per level")
     g.add_argument("--attention", type=_ints, default=(16,), metavar="RES,...",
-                   help="resolutions with self-attention, or 'none'; default: 16")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout inside residual blocks; default: %(default)s")
+                   help="resolutions with self-attention, or 'none'")
+    g.add_argument("--dropout", type=float, default=0.1, help="dropout inside residual blocks")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=400_000, help="total training steps; default: %(default)s")
-    g.add_argument("--batch-size", type=int, default=128, help="global batch (split over processes); default: %(default)s")
+    g.add_argument("--steps", type=int, default=400_000, help="total training steps")
+    g.add_argument("--batch-size", type=int, default=128, help="global batch (split over processes)")
     g.add_argument("--optimizer", choices=["radam", "adam"], default="radam",
                    help="RAdam (the paper's) or Adam (steadier for tiny, high-lr CPU runs: RAdam's first 5 steps are "
-                        "un-normalised momentum steps); default: %(default)s")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate; default: %(default)s")
+                        "un-normalised momentum steps)")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     g.add_argument("--ema-decay", type=float, default=0.9999,
-                   help="EMA decay, warmed up as min(decay, (1 + step) / (10 + step)); default: %(default)s")
+                   help="EMA decay, warmed up as min(decay, (1 + step) / (10 + step))")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, noise and dropout")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="autocast dtype: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU")
@@ -138,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--sigma-mid", type=float, default=0.821, help="noise level of the second sampling step")
 
     g = p.add_argument_group("logging, evaluation, checkpoints")
-    g.add_argument("--log-every", type=int, default=50, help="steps per log line; default: %(default)s")
+    g.add_argument("--log-every", type=int, default=50, help="steps per log line")
     g.add_argument("--eval-every", type=int, default=5000, help="steps between evaluations (also at start and end)")
     g.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     g.add_argument("--num-samples", type=int, default=64, help="images in each sample grid")
