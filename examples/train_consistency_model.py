@@ -78,6 +78,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     def __init__(self, prog: str):
         super().__init__(prog, max_help_position=34, width=110)
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -114,10 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--arch", choices=["unet", "diffusers"], default="unet",
                    help="unet: examples/unet.py; diffusers: diffusers' UNet2DModel (pip install diffusers)")
     g.add_argument("--channels", type=int, default=64, help="width of the first U-Net level")
-    g.add_argument("--channel-mult", type=_ints, default=(1, 2, 2), metavar="M,M,...",
+    g.add_argument("--channel-mult", type=_ints, default="1,2,2", metavar="M,M,...",
                    help="width multipliers per level")
     g.add_argument("--num-blocks", type=int, default=2, help="residual blocks per level")
-    g.add_argument("--attention", type=_ints, default=(16,), metavar="RES,...",
+    g.add_argument("--attention", type=_ints, default="16", metavar="RES,...",
                    help="resolutions with self-attention, or 'none'")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout inside residual blocks")
 
