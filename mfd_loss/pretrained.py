@@ -276,3 +276,19 @@ def download_pretrained(pretrained: str | os.PathLike, **kwargs: Any) -> Path:
 # register_pretrained(PretrainedSpec(name="cifar10", description=..., repo_id=..., revision=..., sha256=...,
 #                                    embedded="cifar10", channels=3, resolution=(32, 32), value_range=(-1.0, 1.0),
 #                                    preset="all"))
+# The Hub revision of a shipped map is pinned when its weights are published (docs/releasing.md, step 3); until
+# then "main" is recorded, and the SHA-256 pin guarantees that only these exact bytes are ever loaded.
+register_pretrained(PretrainedSpec(
+    name="cifar10",
+    description="VGG11-BN half width, all 15 perturbations, CIFAR-10 train (50k), 32x32 RGB in [-1, 1] (default)",
+    repo_id="mfd-loss/mfd-cifar10-vgg11-half", revision="main",
+    sha256="205785252c4e5bd7f97d9f563fdd1c774801a29a8f45a99593569e26321045d5",
+    embedded="cifar10", channels=3, resolution=(32, 32), value_range=(-1.0, 1.0), preset="all",
+))
+register_pretrained(PretrainedSpec(
+    name="mnist",
+    description="VGG11-BN half width (4 stages), 12 grayscale perturbations, MNIST train (60k), 28x28 in [-1, 1]",
+    repo_id="mfd-loss/mfd-mnist-vgg11-half", revision="main",
+    sha256="b99703ef43a3dbd2b2b74673db415950243c1c30533c231d0d67f78d3b88c54e",
+    embedded="mnist", channels=1, resolution=(28, 28), value_range=(-1.0, 1.0), preset="grayscale",
+))

@@ -172,7 +172,8 @@ def test_ddp_two_processes_match_one(tmp_path):
     example.main(example.parse_args(_args(tmp_path / "single", "--dataset", "mnist", *common)))
     ddp, single = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt"), load_checkpoint(tmp_path / "single" / "checkpoint.pt")
     for k in single["model"]:
-        torch.testing.assert_close(ddp["model"][k], single["model"][k], rtol=1e-4, atol=1e-6)
+        # equal up to the order of float reductions (the gradient all-reduce), amplified by Adam's 1 / sqrt(v)
+        torch.testing.assert_close(ddp["model"][k], single["model"][k], rtol=1e-3, atol=5e-5)
 
 
 def test_diffusers_network_when_installed():
