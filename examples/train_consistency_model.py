@@ -108,8 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--blend", type=float, default=None, metavar="LAMBDA",
                    help="train on pseudo-Huber(c=0) + LAMBDA * ramp * tangent loss instead of the tangent loss alone")
     g.add_argument("--ramp-steps", type=int, default=5000, help="length of the --blend ramp in steps")
-    g.add_argument("--mfd-pretrained", default="cifar10", metavar="NAME_OR_PATH",
-                   help="MFD feature map: a registered name or a folder with model.safetensors + config.json")
+    g.add_argument("--mfd-pretrained", default=None, metavar="NAME_OR_PATH",
+                   help="MFD feature map: a registered name or a folder with model.safetensors + config.json "
+                        "(default: the shipped map of --dataset, 'cifar10' or 'mnist')")
     g.add_argument("--mfd-distance", choices=["group", "squared"], default="group", help="MFD form")
     g.add_argument("--lpips-net", choices=["vgg", "alex", "squeeze"], default="vgg", help="LPIPS backbone")
     g.add_argument("--huber-c", type=_huber_c, default=0.0, metavar="C",
@@ -179,6 +180,19 @@ def load_images(dataset: str, split: str, data_dir: str | None = None) -> tuple[
         return load_cifar10(split, data_dir)
     images, labels = load_mnist(split, data_dir)
     return F.pad(images, (2, 2, 2, 2)), labels
+
+
+class Unpadded(torch.nn.Module):
+    """A distance applied to the central 28x28 digits of MNIST images padded to 32x32 (what the shipped
+    "mnist" feature map was trained on); the padding is background in prediction and target alike."""
+
+    def __init__(self, distance: torch.nn.Module, pad: int):
+        super().__init__()
+        self.distance, self.pad = distance, pad
+
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        p = self.pad
+        return self.distance(prediction[..., p:-p, p:-p], target[..., p:-p, p:-p])
 
 
 def seeded(*values: int) -> torch.Generator:
@@ -337,8 +351,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     optimizer = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}[args.optimizer](model.parameters(), lr=args.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     objective = build_objective(args.loss, direction=args.direction, blend=args.blend, ramp_steps=args.ramp_steps,
-                                mfd_pretrained=args.mfd_pretrained, mfd_distance=args.mfd_distance,
+                                mfd_pretrained=args.mfd_pretrained or args.dataset, mfd_distance=args.mfd_distance,
                                 lpips_net=args.lpips_net, huber_c=args.huber_c).to(device)
+    feature_map = getattr(objective.distance, "feature_map", None)
+    if args.dataset == "mnist" and tuple(getattr(feature_map, "config", None).resolution if feature_map else ()) == (28, 28):
+        objective.distance = Unpadded(objective.distance, pad=2)
 
     step, train_seconds, history = 0, 0.0, []
     if args.resume:

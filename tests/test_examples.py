@@ -152,6 +152,22 @@ def test_mnist_with_grey_feature_map(tmp_path):
     assert summary["step"] == 2
 
 
+def test_mnist_with_the_shipped_mnist_map(tmp_path):
+    """--dataset mnist defaults to the shipped 28x28 'mnist' map, applied to the digits inside the padding."""
+    try:
+        example.load_images.__wrapped__("mnist", "test")
+    except FileNotFoundError:
+        pytest.skip("MNIST archive not available")
+    summary = example.main(example.parse_args(_args(tmp_path / "run", "--dataset", "mnist", "--loss", "mfd",
+                                                    "--steps", "2")))
+    assert summary["step"] == 2
+    distance = example.Unpadded(example.build_objective("mfd", mfd_pretrained="mnist").distance, pad=2)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    y = x.clone()
+    y[..., :2, :] = -1  # a change inside the padding only: invisible to the distance
+    assert torch.equal(distance(x, y), torch.zeros(2))
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) computes the same weights as one process with the whole batch."""
