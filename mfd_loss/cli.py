@@ -78,6 +78,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: one GPU per process)")
     run.add_argument("--export-dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the exported weights")
     run.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
+    run.add_argument("--push-to-hub", default=None, metavar="ORG/REPO",
+                     help="when training finishes, publish the exported map to this Hugging Face Hub repo")
     p.set_defaults(func=_run_train)
 
 
@@ -111,6 +113,11 @@ def _run_train(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
         if not summary["finished"]:
             print(f"stopped at step {summary['step']}; rerun the same command to resume", file=sys.stderr)
+        elif args.push_to_hub:
+            from .hub import push_folder
+
+            commit = push_folder(args.out, args.push_to_hub)
+            print(json.dumps({"pushed": args.push_to_hub, "revision": getattr(commit, "oid", None)}))
     return 0
 
 

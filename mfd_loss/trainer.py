@@ -156,8 +156,9 @@ class StepBatchSampler(Sampler[list[int]]):
 
 
 def split_held_out(num_images: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (train, held-out) index split; round(fraction * N) held out (at least 1 when fraction > 0)."""
-    held = 0 if fraction == 0 else max(1, round(fraction * num_images))
+    """Deterministic (train, held-out) index split; round(fraction * N) held out (at least 2 when fraction > 0,
+    so that mixup always finds a partner among the held-out images)."""
+    held = 0 if fraction == 0 else max(2, round(fraction * num_images))
     if held >= num_images - 1:
         raise ValueError(f"cannot hold out {held} of {num_images} images; lower eval_fraction or pass eval_data")
     perm = torch.randperm(num_images, generator=_generator(seed, 4)).tolist()

@@ -41,6 +41,15 @@ def test_grayscale_28px_gets_the_grayscale_preset_and_4_stages(tmp_path, real):
     assert loss(x, x.flip(-1)).shape == (2,)
 
 
+@pytest.mark.parametrize("size", [(32, 48), (256, 256)])
+def test_non_square_and_large_resolutions(tmp_path, real, size):
+    images = torch.nn.functional.interpolate(real[:12].float(), size=size, mode="bilinear").round().to(torch.uint8)
+    fmap, _ = train_feature_map(images, tmp_path, config=_config(steps=1), architecture=TINY, progress=False)
+    assert tuple(fmap.config.resolution) == size and fmap.config.num_stages == 5
+    x = images[:2].float() / 127.5 - 1
+    assert MFD(pretrained=str(tmp_path))(x, x.flip(-1)).shape == (2,)
+
+
 def test_rgb_only_spec_on_grayscale_is_a_clear_error(tmp_path, real):
     with pytest.raises(ValueError, match="RGB-only ops"):
         train_feature_map(real[:, :1], tmp_path, config=_config(spec="all"), architecture=TINY, progress=False)
