@@ -450,3 +450,20 @@ def test_cli_with_real_environment_variables(fake_hub, published, tmp_path, monk
     assert code == 0, err
     assert json.loads(out)["sha256"] == _sha(published["v2"]["model.safetensors"])
     assert fake_hub.requests == []
+
+
+def test_train_then_push_to_hub(fake_hub, tmp_path, monkeypatch):
+    """`mfd-loss train --push-to-hub` publishes the finished map, which then loads from the Hub."""
+    import numpy as np
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    np.save(tmp_path / "x.npy", mfd_loss.load_sample_images()[0][:16].numpy())
+    code, out, err = _cli("train", "--data", tmp_path / "x.npy", "--out", tmp_path / "run", "--arch", "vgg11",
+                          "--width", "0.125", "--steps", "1", "--batch-size", "8", "--eval-fraction", "0.25",
+                          "--push-to-hub", "me/trained-map")
+    assert code == 0, err
+    pushed = json.loads(out.strip().splitlines()[-1])
+    assert pushed["pushed"] == "me/trained-map" and len(pushed["revision"]) == 40
+    assert {"config.json", "model.safetensors", "README.md"} <= set(fake_hub.files("me/trained-map"))
+    loaded = mfd_loss.MFD.from_pretrained(f"me/trained-map@{pushed['revision']}", cache_dir=tmp_path / "cache")
+    assert loaded.feature_map.config.arch == "vgg11"
