@@ -398,7 +398,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     pairs = fixed_pairs(args, images, device)
 
     def run_eval() -> None:
-        entry = {"consistency_gap": consistency_gap(model, objective, pairs)}
+        # training wall-clock so far (evaluations excluded): the x axis of convergence-against-time plots
+        entry = {"consistency_gap": consistency_gap(model, objective, pairs),
+                 "train_seconds": round(train_seconds + time.monotonic() - started, 2)}
         entry.update(evaluate(args, ema, step, fd, rank, world, device, channels, out))
         log({"eval": entry})
         if rank == 0:
@@ -410,6 +412,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         (out / "args.json").write_text(json.dumps(vars(args), indent=2, default=str))
         print(f"{args.loss} objective on {args.dataset}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
               f"parameters, {world} process(es) on {device}, autocast {amp}, fd {fd.name if fd else 'off'}")
+    started = time.monotonic()
     if step == 0:
         run_eval()
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0 or args.no_progress, unit="step", desc=args.loss)

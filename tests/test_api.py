@@ -25,6 +25,7 @@ PUBLIC = {
     "train_feature_map": "function",
     "load_sample_images": "function",
 }
+MODULES = ("consistency", "diagnostics")
 
 
 def test_every_public_name_exists_and_is_exported():
@@ -47,3 +48,11 @@ def test_aliases_and_version():
     assert mfd_loss.MFD is mfd_loss.ManifoldFeatureDistance
     assert issubclass(mfd_loss.InputRangeWarning, UserWarning)
     assert isinstance(mfd_loss.__version__, str) and mfd_loss.__version__.count(".") >= 1
+
+
+def test_public_submodules_are_exported():
+    import types
+
+    for name in MODULES:
+        assert name in mfd_loss.__all__ and isinstance(getattr(mfd_loss, name), types.ModuleType), name
+    assert callable(mfd_loss.diagnostics.tangent_alignment)

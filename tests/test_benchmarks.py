@@ -1,0 +1,116 @@
+"""Smoke runs of the tangent-alignment and convergence benchmarks (the cost benchmark has its own file).
+
+Each runs the script's real code path at toy size and checks the numbers it writes: the values that hold by
+construction (pixel L2's parallel fraction is 0.5) and the bookkeeping a reader relies on (environment,
+resumable runs, monotone clocks, the table behind the docs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from mfd_loss.datasets import find_data_dir
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _module(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _has_cifar10() -> bool:
+    try:
+        return (find_data_dir(None) / "cifar10").is_dir()
+    except FileNotFoundError:
+        return False
+
+
+def _plots() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_tangent_alignment_smoke(tmp_path):
+    bench = _module("tangent_alignment")
+    out = tmp_path / "alignment.json"
+    argv = ["--smoke", "--device", "cpu", "--work", str(tmp_path / "work"), "--out", str(out)]
+    bench.main(argv + ([] if _plots() else ["--no-plot"]))
+    result = json.loads(out.read_text())
+    assert result["environment"]["device"] == "cpu" and result["environment"]["versions"]["torch"]
+    assert result["config"]["noise_levels"] == [0.05, 5.0]
+    for part in ("synthetic", "cifar10"):
+        fractions = result[part]["fractions"]
+        for pixel in ("L2", "pseudo-Huber (iCT c)"):  # both point along the displacement: 0.5 by construction
+            assert fractions[pixel]["mean"] == pytest.approx([0.5, 0.5], abs=1e-6)
+        mfd = [name for name in fractions if name.startswith("MFD")]
+        assert len(mfd) >= 4
+        for name in mfd:
+            assert all(0.0 <= m <= 1.0 and math.isfinite(s) for m, s in zip(fractions[name]["mean"], fractions[name]["sem"]))
+    assert "random init" in " ".join(result["cifar10"]["fractions"])
+    assert result["cifar10"]["lpips"]  # used, or the reason it was left out
+    table = out.with_suffix(".md").read_text()
+    assert table.count("| MFD group") >= 6 and "t = 0.05" in table
+    if _plots():
+        assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_blob_tangents_are_the_renderer_jacobian():
+    import torch
+
+    bench = _module("tangent_alignment")
+    params = bench.sample_blob_params(3, torch.Generator().manual_seed(0)).double()
+    tangents = bench.blob_tangents(params)
+    h = 1e-5
+    for k in range(4):
+        step = torch.zeros(4, dtype=torch.float64)
+        step[k] = h
+        finite = (bench.render_blobs(params + step) - bench.render_blobs(params - step)) / (2 * h)
+        assert torch.allclose(tangents[:, k], finite, atol=1e-6)
+
+
+@pytest.mark.skipif(not _has_cifar10(), reason="needs the CIFAR-10 archive of shared/data (see shared/data/README.md)")
+def test_convergence_smoke_resumes_and_rereads(tmp_path):
+    bench = _module("convergence")
+    work, out = tmp_path / "work", tmp_path / "convergence.json"
+    argv = ["--config", "smoke", "--device", "cpu", "--work", str(work), "--out", str(out)] + \
+        ([] if _plots() else ["--no-plot"])
+    bench.main(argv + ["--steps", "1"])  # an "interrupted" benchmark: runs stop at step 1 ...
+    run = work / "smoke" / "cifar10-bs4-mfd-seed0"
+    first = (run / "log.jsonl").read_text()
+    result = bench.main(argv)  # ... and the rerun resumes them to step 2 instead of starting over
+    log = (run / "log.jsonl").read_text()
+    assert log.startswith(first) and len(log) > len(first)
+    evals = result["groups"][0]["runs"]["mfd"][0]
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    assert all(a["train_seconds"] <= b["train_seconds"] for a, b in zip(evals, evals[1:]))
+    assert all(math.isfinite(e["1step"]) and math.isfinite(e["2step"]) for e in evals)
+    assert evals[0]["metric"].startswith(("FD_", "FID"))
+    assert {r["sampler"] for r in result["summary"]} == {"1step", "2step"}
+    assert set(result["losses_run"]) >= {"mfd", "pseudo-huber"}
+    if "lpips" not in result["losses_run"]:
+        assert any("LPIPS left out" in note for note in result["notes"])
+    saved = json.loads(out.read_text())
+    assert saved["environment"]["versions"]["torch"] and saved["config"]["steps"] == 2
+    bench.main(argv)  # finished runs are read, not rerun
+    assert (run / "log.jsonl").read_text() == log
+
+
+def test_steps_to_reach_interpolates_and_reports_never():
+    bench = _module("convergence")
+    assert bench.steps_to_reach([0, 10, 20], [100.0, 60.0, 40.0], 50.0) == pytest.approx(15.0)
+    assert bench.steps_to_reach([0, 10, 20], [100.0, 60.0, 40.0], 30.0) is None
+    assert bench.steps_to_reach([0, 10], [20.0, 10.0], 25.0) == 0.0
