@@ -114,3 +114,21 @@ def test_steps_to_reach_interpolates_and_reports_never():
     assert bench.steps_to_reach([0, 10, 20], [100.0, 60.0, 40.0], 50.0) == pytest.approx(15.0)
     assert bench.steps_to_reach([0, 10, 20], [100.0, 60.0, 40.0], 30.0) is None
     assert bench.steps_to_reach([0, 10], [20.0, 10.0], 25.0) == 0.0
+
+
+def test_readme_tables_are_the_measured_ones():
+    """benchmarks/README.md shows exactly the tables the scripts wrote (python benchmarks/update_readme.py)."""
+    update = _module("update_readme")
+    readme = (BENCHMARKS / "README.md").read_text()
+    names = update.BLOCK.findall(readme)
+    assert len(names) == 3, "the README should carry the cost, tangent-alignment and convergence tables"
+    assert update.render(readme) == readme, "README tables differ from benchmarks/results/*.md: run update_readme.py"
+
+
+def test_readme_sync_fills_and_rejects_missing_results(tmp_path):
+    update = _module("update_readme")
+    (tmp_path / "a.md").write_text("| x |\n|---|\n| 1 |\n")
+    text = "intro\n<!-- results: a.md -->\nstale\n<!-- /results -->\nend\n"
+    assert update.render(text, tmp_path) == "intro\n<!-- results: a.md -->\n\n| x |\n|---|\n| 1 |\n\n<!-- /results -->\nend\n"
+    with pytest.raises(FileNotFoundError, match="run the benchmark"):
+        update.render(text.replace("a.md", "b.md"), tmp_path)
