@@ -155,6 +155,19 @@ def mean_curve(runs: list[list[dict]], key: str) -> tuple[list[int], list[float]
     return steps, values.mean(0).tolist(), sem.tolist()
 
 
+def mean_clock(runs: list[list[dict]]) -> list[float]:
+    """Training seconds at each evaluation, averaged over seeds."""
+    return [sum(e["train_seconds"] or 0.0 for e in column) / len(column) for column in zip(*runs)]
+
+
+def interpolate(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise-linear y(x) on increasing xs (clamped at the ends)."""
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / ((xs[i] - xs[i - 1]) or 1)
+    return ys[-1]
+
+
 def steps_to_reach(steps: list[int], values: list[float], level: float) -> float | None:
     """First (linearly interpolated) iteration at which a curve gets down to ``level``; None if never."""
     for i, v in enumerate(values):
@@ -180,6 +193,11 @@ def summarise(result: dict) -> list[dict[str, Any]]:
                 reach = steps_to_reach(curves["mfd"][0], curves["mfd"][1], ph_values[-1])
                 row["mfd_steps_to_ph_final"] = reach
                 row["mfd_iteration_ratio"] = None if reach is None else reach / ph_steps[-1]
+                # the same in training wall-clock: MFD's seconds at that iteration over pseudo-Huber's total
+                mfd_clock = mean_clock(group["runs"]["mfd"])
+                ph_total = mean_clock(group["runs"]["pseudo-huber"])[-1]
+                row["mfd_time_ratio"] = None if reach is None or not ph_total else \
+                    interpolate(curves["mfd"][0], mfd_clock, reach) / ph_total
             rows.append(row)
     return rows
 
@@ -187,14 +205,15 @@ def summarise(result: dict) -> list[dict[str, Any]]:
 def report(result: dict) -> str:
     losses = result["losses_run"]
     headers = ["data", "batch", "sampler"] + [f"{result['metric']} {LABELS[k]}" for k in losses] + \
-              ["MFD iterations to reach pseudo-Huber's final"]
+              ["MFD iterations to reach pseudo-Huber's final", "same in wall-clock"]
     rows = []
     for r in result["summary"]:
         ratio = r.get("mfd_iteration_ratio")
         reach = "n/a" if "mfd_iteration_ratio" not in r else (
             f"not reached in {result['config']['steps']}" if ratio is None else f"{ratio:.2f}x ({r['mfd_steps_to_ph_final']:.0f})")
+        clock = "n/a" if r.get("mfd_time_ratio") is None else f"{r['mfd_time_ratio']:.2f}x"
         rows.append([r["dataset"], r["batch_size"], r["sampler"]] +
-                    [f"{r['final'][k]:.1f} ± {r['final_sem'][k]:.1f}" for k in losses] + [reach])
+                    [f"{r['final'][k]:.1f} ± {r['final_sem'][k]:.1f}" for k in losses] + [reach, clock])
     return markdown_table(headers, rows)
 
 
@@ -208,7 +227,7 @@ def plot(result: dict, path: Path) -> None:
             for loss, runs in group["runs"].items():
                 for sampler, style in (("1step", "-"), ("2step", ":")):
                     _, mean, sem = mean_curve(runs, sampler)
-                    xs = [sum(e[x_key] or 0.0 for e in col_) / len(runs) for col_ in zip(*runs)]
+                    xs = [e["step"] for e in runs[0]] if x_key == "step" else mean_clock(runs)
                     line = ax.plot(xs, mean, style, marker="o", markersize=3,
                                    label=f"{LABELS[loss]} {sampler}", color=f"C{list(LOSSES).index(loss)}")[0]
                     ax.fill_between(xs, [m - s for m, s in zip(mean, sem)], [m + s for m, s in zip(mean, sem)],

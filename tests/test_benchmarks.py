@@ -132,3 +132,16 @@ def test_readme_sync_fills_and_rejects_missing_results(tmp_path):
     assert update.render(text, tmp_path) == "intro\n<!-- results: a.md -->\n\n| x |\n|---|\n| 1 |\n\n<!-- /results -->\nend\n"
     with pytest.raises(FileNotFoundError, match="run the benchmark"):
         update.render(text.replace("a.md", "b.md"), tmp_path)
+
+
+def test_time_ratio_follows_the_training_clock():
+    bench = _module("convergence")
+    run = lambda fds, secs: [{"step": s, "train_seconds": t, "1step": f, "2step": f}  # noqa: E731
+                             for s, t, f in zip((0, 10, 20), secs, fds)]
+    result = {"groups": [{"dataset": "d", "batch_size": 4, "metric": "FD_x",
+                          "runs": {"mfd": [run((100.0, 40.0, 30.0), (0.0, 30.0, 60.0))],
+                                   "pseudo-huber": [run((100.0, 70.0, 40.0), (0.0, 10.0, 20.0))]}}]}
+    row = bench.summarise(result)[0]
+    assert row["mfd_steps_to_ph_final"] == pytest.approx(10.0)
+    assert row["mfd_iteration_ratio"] == pytest.approx(0.5)
+    assert row["mfd_time_ratio"] == pytest.approx(30.0 / 20.0)  # fewer iterations, but each one slower
