@@ -55,7 +55,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "fd_samples": 16, "fd_real": 64, "fd_classifier_steps": 2,
               "train": ["--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none",
                         "--optimizer", "adam", "--lr", "1e-3", "--ema-decay", "0.99", "--num-samples", "4"]},
-    "cpu": {"datasets": "cifar10,mnist", "batch_sizes": "16,128", "seeds": "0,1", "steps": 100, "eval_every": 25,
+    "cpu": {"datasets": "cifar10,mnist", "batch_sizes": "16,128", "seeds": "0,1", "steps": 80, "eval_every": 20,
             "fd_samples": 500, "fd_real": 2000, "fd_classifier_steps": 600,
             "train": ["--channels", "16", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none",
                       "--optimizer", "adam", "--lr", "1e-3", "--ema-decay", "0.99", "--num-samples", "16"]},

@@ -164,7 +164,8 @@ def loss_gradient(loss_fn: Callable[[Tensor, Tensor], Tensor], prediction: Tenso
     Args:
         loss_fn: (prediction, target) -> per-sample losses (N,) (e.g. ``MFD(..., reduction="none")``) or a
             scalar that is a sum/mean of per-sample terms.
-        prediction, target: (N, C, H, W) float tensors of the same shape.
+        prediction: (N, C, H, W) float tensor, where the gradient is taken.
+        target: (N, C, H, W) float tensor of the same shape (treated as a constant).
 
     Returns:
         (N, C, H, W) gradient, float32 (or the prediction's dtype if wider).
@@ -222,7 +223,8 @@ def controlled_displacement(target: Tensor, tangents: Tensor, parallel_rms: floa
     Args:
         target: (N, C, H, W) float images.
         tangents: (N, K, C, H, W) tangent vectors at the targets.
-        parallel_rms, orthogonal_rms: RMS per element of each displacement, ≥ 0, in the images' units.
+        parallel_rms: RMS per element of the displacement inside the span, ≥ 0, in the images' units.
+        orthogonal_rms: RMS per element of the displacement orthogonal to it, ≥ 0.
         generator: CPU generator for the random directions (reproducible).
 
     Returns:
