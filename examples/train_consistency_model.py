@@ -398,9 +398,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     pairs = fixed_pairs(args, images, device)
 
     def run_eval() -> None:
-        # training wall-clock so far (evaluations excluded): the x axis of convergence-against-time plots
-        entry = {"consistency_gap": consistency_gap(model, objective, pairs),
-                 "train_seconds": round(train_seconds + time.monotonic() - started, 2)}
+        # training wall-clock so far, read before any evaluation work (evaluations are excluded, as in the
+        # checkpointed train_seconds): the x axis of convergence-against-time plots
+        clock = round(train_seconds + time.monotonic() - started, 2)
+        entry = {"consistency_gap": consistency_gap(model, objective, pairs), "train_seconds": clock}
         entry.update(evaluate(args, ema, step, fd, rank, world, device, channels, out))
         log({"eval": entry})
         if rank == 0:
