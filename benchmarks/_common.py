@@ -109,6 +109,17 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def lpips_with_weights(net: str = "vgg"):
+    """``(LPIPSDistance, label)`` with the backbone's ImageNet weights if they are cached (never downloads), else
+    ``(None, reason)``: the first line of the error, which says where to put the weights."""
+    from mfd_loss.objectives import LPIPSDistance
+
+    try:
+        return LPIPSDistance(net, pretrained_backbone=True, allow_download=False), f"LPIPS-{net.upper()} (ImageNet weights)"
+    except (RuntimeError, ImportError) as err:
+        return None, str(err).splitlines()[0]
+
+
 def pyplot():
     """matplotlib's pyplot with a file-only backend, or an ImportError saying how to install it."""
     try:

@@ -42,12 +42,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
-from _common import RESULTS, environment, markdown_table, parse_ints, pyplot, resolve_device, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS, environment, lpips_with_weights, markdown_table, parse_ints, pyplot, resolve_device, write_json,
+)
 
 import train_consistency_model as ct  # noqa: E402
 import train_fd_classifier as fdc  # noqa: E402
-
-from mfd_loss.objectives import LPIPSDistance  # noqa: E402
 
 # Per-configuration arguments of examples/train_consistency_model.py (the same for every loss).
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -98,14 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown losses {unknown}; choose from {sorted(LOSSES)}")
     return args
-
-
-def lpips_available() -> tuple[bool, str]:
-    try:
-        LPIPSDistance("vgg", pretrained_backbone=True, allow_download=False)
-        return True, "LPIPS-VGG with ImageNet weights"
-    except (RuntimeError, ImportError) as err:
-        return False, str(err).splitlines()[0]
 
 
 def fd_classifier(dataset: str, work: Path, steps: int, device: torch.device) -> Path:
@@ -252,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     losses = list(args.losses)
     notes = []
     if "lpips" in losses:
-        ok, reason = lpips_available()
-        if not ok:
+        model, reason = lpips_with_weights("vgg")
+        if model is None:
             losses.remove("lpips")
             notes.append(f"LPIPS left out: {reason}")
             print(notes[-1])

@@ -62,7 +62,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, environment, markdown_table, parse_ints, pyplot, resolve_device, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS, environment, lpips_with_weights, markdown_table, parse_ints, pyplot, resolve_device, write_json,
+)
 
 CASES = {
     "mfd-cifar10": "MFD cifar10",
@@ -120,13 +122,12 @@ def build_lpips(net: str, notes: list[str]):
     """LPIPS with the ImageNet backbone when cached, else a random backbone (noted)."""
     from mfd_loss.objectives import LPIPSDistance
 
-    try:
-        model = LPIPSDistance(net=net, pretrained_backbone=True, allow_download=False)
+    model, _ = lpips_with_weights(net)
+    if model is not None:
         notes.append("lpips_backbone: imagenet")
-    except RuntimeError:
-        model = LPIPSDistance(net=net, pretrained_backbone=False)
-        notes.append(f"lpips_backbone: {LPIPS_RANDOM}")
-    return model
+        return model
+    notes.append(f"lpips_backbone: {LPIPS_RANDOM}")
+    return LPIPSDistance(net=net, pretrained_backbone=False)
 
 
 def build_case(case: str, size: int, seed: int, device: torch.device) -> tuple[Loss, list[str]]:

@@ -26,7 +26,6 @@ Writes benchmarks/results/tangent-alignment-<device>.{json,png,md}.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -38,13 +37,15 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, environment, markdown_table, parse_ints, pyplot, resolve_device, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS, environment, lpips_with_weights, markdown_table, pyplot, resolve_device, write_json,
+)
 
 from mfd_loss import MFD, FeatureMapConfig, TrainConfig, build_feature_map, train_feature_map  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
 from mfd_loss.datasets import load_cifar10, load_sample_images, to_model_range  # noqa: E402
 from mfd_loss.diagnostics import NUISANCE_DIRECTIONS, controlled_displacement, nuisance_tangents, tangent_alignment  # noqa: E402
-from mfd_loss.objectives import LPIPSDistance, pseudo_huber  # noqa: E402
+from mfd_loss.objectives import pseudo_huber  # noqa: E402
 
 NOISE_LEVELS = (0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 80.0)
 PRESETS = {"synthetic": ("grayscale", "geometric", "degradation"), "cifar10": ("all", "geometric", "degradation")}
@@ -109,11 +110,12 @@ def train_map(images_uint8: Tensor, preset: str, folder: Path, args: argparse.Na
     return MFD(pretrained=str(folder)).to(args.device_obj)
 
 
-def random_map_like(loss: MFD, seed: int, distance: str = "group") -> MFD:
+def random_map_like(loss: MFD, seed: int) -> MFD:
+    """Group-form MFD on a seeded, randomly initialised map of the same architecture (the control)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fmap = build_feature_map(dataclasses.replace(loss.feature_map.config))
-    return MFD(pretrained=None, feature_map=fmap, distance=distance).to(next(loss.parameters()).device)
+        fmap = build_feature_map(loss.feature_map.config)
+    return MFD(pretrained=None, feature_map=fmap).to(next(loss.parameters()).device)
 
 
 def with_distance(loss: MFD, distance: str) -> MFD:
@@ -125,13 +127,6 @@ def pixel_losses() -> dict[str, Loss]:
         "L2": lambda x, y: (x - y).flatten(1).pow(2).sum(1),
         "pseudo-Huber (iCT c)": lambda x, y: pseudo_huber(x, y, c=None, reduction="none"),
     }
-
-
-def lpips_or_reason() -> tuple[Loss | None, str]:
-    try:
-        return LPIPSDistance("vgg", pretrained_backbone=True, allow_download=False), "LPIPS-VGG (ImageNet weights)"
-    except (RuntimeError, ImportError) as err:
-        return None, f"LPIPS left out: {str(err).splitlines()[0]}"
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -191,8 +186,10 @@ def cifar_part(args: argparse.Namespace) -> dict:
     for preset in PRESETS["cifar10"]:
         folder = Path(args.work) / f"cifar10-{preset}-{args.map_steps}"
         losses[f"MFD group, trained here: {preset}"] = train_map(subset, preset, folder, args)
-    lpips, lpips_note = lpips_or_reason()
-    if lpips is not None:
+    lpips, lpips_note = lpips_with_weights("vgg")
+    if lpips is None:
+        lpips_note = f"LPIPS left out: {lpips_note}"
+    else:
         losses[lpips_note] = lpips.to(args.device_obj)
     print(lpips_note)
     return {"description": source, "directions": list(NUISANCE_DIRECTIONS),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .datasets import load_sample_images, to_model_range
+from .diagnostics import loss_gradient, parallel_energy_fraction
 from .loss import ManifoldFeatureDistance
 from .perturbations import Perturbations
 
@@ -82,20 +83,15 @@ def run_demo(pretrained: str = "cifar10", num_images: int = 16, rms: float = 0.0
     lines += ["", "Gradient split: prediction = target + tangent residual (shift) + off-manifold residual (noise),",
               "both of equal RMS. Share of the descent direction's energy along each (L2 splits ~50/50):", ""]
     tangent, normal = residuals["shift 0.5 px"], residuals["gaussian noise"]
-    prediction = (x + tangent + normal).requires_grad_(True)
-    losses = {"L2": lambda p: (p - x).flatten(1).pow(2).sum(1), "pseudo-Huber": lambda p: pseudo_huber(p, x),
-              "MFD": lambda p: loss_fn(p, x)}
+    prediction = x + tangent + normal
+    losses = {"L2": lambda p, t: (p - t).flatten(1).pow(2).sum(1), "pseudo-Huber": pseudo_huber, "MFD": loss_fn}
     lines.append(f"{'loss':<14}{'along tangent':>15}{'along noise':>13}{'elsewhere':>11}")
     for name, fn in losses.items():
-        (grad,) = torch.autograd.grad(fn(prediction).sum(), prediction)
-        grad = grad.flatten(1)
-        t_hat = tangent.flatten(1) / tangent.flatten(1).norm(dim=1, keepdim=True)
-        n_hat = normal.flatten(1) - (normal.flatten(1) * t_hat).sum(1, keepdim=True) * t_hat
-        n_hat = n_hat / n_hat.norm(dim=1, keepdim=True)
-        energy = grad.pow(2).sum(1)
-        along_t = ((grad * t_hat).sum(1).pow(2) / energy).mean().item()
-        along_n = ((grad * n_hat).sum(1).pow(2) / energy).mean().item()
-        lines.append(f"{name:<14}{along_t:>15.1%}{along_n:>13.1%}{1 - along_t - along_n:>11.1%}")
+        grad = loss_gradient(fn, prediction, x)
+        # span{tangent, noise} = span{tangent, noise orthogonalised against it}: the noise share is the difference
+        along_t = parallel_energy_fraction(grad, tangent[:, None]).mean().item()
+        along_both = parallel_energy_fraction(grad, torch.stack([tangent, normal], dim=1)).mean().item()
+        lines.append(f"{name:<14}{along_t:>15.1%}{along_both - along_t:>13.1%}{1 - along_both:>11.1%}")
     return "\n".join(lines)
 
 
