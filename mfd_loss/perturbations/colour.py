@@ -29,7 +29,7 @@ class ColourParams:
 
     Attributes:
         brightness_w: (N,) offset 0.2 w added to every channel.
-        contrast_w: (N,) contrast factor 2^(0.5 w) around the per-image mean.
+        contrast_w: (N,) contrast factor 2^(0.5 w); the image is scaled about 0, the mid-grey of [-1, 1].
         hue_theta: (N,) hue rotation angle in radians about the grey axis.
         saturation_w: (N,) chroma factor 2^w.
         active: (N,) bool, True when any colour op is on for the sample.
@@ -72,13 +72,14 @@ def sample_colour(n: int, *, p: Mapping[str, float], generator: torch.Generator 
     )
 
 
-def colour_matrix(params: ColourParams, image_mean: Tensor, channels: int) -> Tensor:
-    """(N, C+1, C+1) homogeneous matrix: saturation . hue . contrast . brightness.
+def colour_matrix(params: ColourParams, channels: int) -> Tensor:
+    """(N, C+1, C+1) homogeneous matrix: saturation . hue . contrast . brightness (METHOD.md Sec. 3).
+
+    Contrast scales about 0 (mid-grey of [-1, 1]); hue rotates about the luma axis (1, 1, 1)/sqrt(3)
+    through 0 (Rodrigues' formula); saturation scales the component orthogonal to that axis.
 
     Args:
         params: colour parameters.
-        image_mean: (N,) mean of each input image over channels and pixels (the contrast pivot
-            is this mean after the brightness offset).
         channels: C; hue and saturation need C == 3.
     """
     n, device = params.brightness_w.shape[0], params.brightness_w.device
@@ -89,7 +90,6 @@ def colour_matrix(params: ColourParams, image_mean: Tensor, channels: int) -> Te
     c = torch.pow(2.0, _CONTRAST_STEP * params.contrast_w)
     contrast = eye.clone()
     contrast[:, :channels, :channels] *= c[:, None, None]
-    contrast[:, :channels, channels] = ((1.0 - c) * (image_mean + offset))[:, None]
     m = contrast @ bright
     if channels == 3:
         v = torch.full((3, 1), 1.0 / math.sqrt(3.0), device=device)
@@ -128,6 +128,6 @@ def apply_colour(x: Tensor, params: ColourParams) -> Tensor:
             "use a preset without them (e.g. 'geometric+degradation') or brightness/contrast only"
         )
     xf = x.float()
-    m = colour_matrix(params, xf.mean(dim=(1, 2, 3)), channels)
+    m = colour_matrix(params, channels)
     out = torch.einsum("nij,njhw->nihw", m[:, :channels, :channels], xf) + m[:, :channels, channels, None, None]
     return torch.where(params.active[:, None, None, None], out.to(x.dtype), x)

@@ -29,7 +29,8 @@ class DegradationParams:
     Attributes:
         blur_sigma: (N,) Gaussian standard deviation in pixels, in (0, 3] when on.
         mixup_lambda: (N,) mixing weight in [0, 0.5].
-        partner: (N,) long, index of the other sample mixed in; never the sample itself when N > 1.
+        partner: (N,) long, index of the other sample mixed in (its perturbed image); never the sample
+            itself when N > 1.
         noise_std: (N,) noise level s in [0, 0.5).
         noise: (N, C, H, W) unit-RMS Gaussian noise pattern of each sample.
     """
@@ -107,21 +108,22 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     return flat.reshape(n, c, h, w).to(x.dtype)
 
 
-def apply_degradation(x: Tensor, params: DegradationParams, clean: Tensor | None = None) -> Tensor:
-    """Blur, then mix with the partner's clean image, then add noise.
+def apply_degradation(x: Tensor, params: DegradationParams) -> Tensor:
+    """Blur, then mix with the partner's image, then add noise (METHOD.md Sec. 3).
+
+    Mixup uses the batch after the blur on both sides: x_b <- x_b + lambda_b (x_partner(b) - x_b), so the
+    partner enters with its own warp, colour transform and blur, never as a clean image.
 
     Args:
         x: (N, C, H, W) float images (already warped / colour-transformed).
         params: from :func:`sample_degradation` for this shape.
-        clean: (N, C, H, W) the unperturbed batch the mixup partners come from; defaults to ``x``.
 
     Returns:
         (N, C, H, W) degraded images, same dtype.
     """
     params = params.to(x.device)
-    clean = x if clean is None else clean
     if bool((params.blur_sigma > 0).any()):
         x = torch.where((params.blur_sigma > 0)[:, None, None, None], gaussian_blur(x, params.blur_sigma), x)
     lam = params.mixup_lambda[:, None, None, None].to(x.dtype)
-    x = x + lam * (clean[params.partner] - x)
+    x = x + lam * (x[params.partner] - x)
     return x + params.noise_std[:, None, None, None].to(x.dtype) * params.noise.to(x.dtype)

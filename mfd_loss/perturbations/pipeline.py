@@ -33,7 +33,7 @@ class Perturbations:
 
     Each op of the label spec is switched on independently per sample with its own probability.
     Order of application (METHOD.md Sec. 3): one composed affine warp for all geometric ops, one
-    composed colour matrix, then blur, mixup (with another sample's clean image) and noise, then
+    composed colour matrix, then blur, mixup (with another sample's perturbed image) and noise, then
     registered custom ops (:func:`~mfd_loss.perturbations.register_perturbation`).
 
     Args:
@@ -106,10 +106,9 @@ class Perturbations:
 
     def apply(self, x: Tensor, params: PerturbationParams) -> Tensor:
         """Apply sampled parameters to images (N, C, H, W) in [-1, 1]; replays exactly."""
-        clean = x
         x = apply_geometric(x, params.geometric)
         x = apply_colour(x, params.colour)
-        x = apply_degradation(x, params.degradation, clean=clean)
+        x = apply_degradation(x, params.degradation)
         for op, op_params in params.custom.items():
             x = CUSTOM[op].apply(x, {k: v.to(x.device) for k, v in op_params.items()})
         return x
