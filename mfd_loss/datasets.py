@@ -1,7 +1,8 @@
-"""Image data for training and testing feature maps: CIFAR-10 / MNIST archives and the packaged sample.
+"""Image data for training and testing feature maps: CIFAR-10 / MNIST archives and the packaged samples.
 
 Images are returned as uint8 tensors (N, C, H, W) in [0, 255]; :func:`to_model_range` maps them to the
-[-1, 1] range every feature map and the distance take.
+[-1, 1] range every feature map and the distance take. This module imports nothing else of the package;
+:mod:`mfd_loss.image_sources` (every kind of user data) builds on it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .image_sources import to_model_range
+__all__ = ["find_data_dir", "load_cifar10", "load_mnist", "load_sample_images", "to_model_range", "SAMPLE_SETS"]
 
-__all__ = ["find_data_dir", "load_cifar10", "load_mnist", "load_sample_images", "to_model_range"]
-
-_SAMPLE = "cifar10_test_sample.npz"
+SAMPLE_SETS = {"cifar10": "cifar10_test_sample.npz", "mnist": "mnist_test_sample.npz"}
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -94,11 +93,48 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None) 
     return images, labels
 
 
-def load_sample_images() -> tuple[Tensor, Tensor]:
-    """The 64 real CIFAR-10 test images shipped with the package (exact pixels of test[0:64]).
+def load_sample_images(name: str = "cifar10") -> tuple[Tensor, Tensor]:
+    """Real test images shipped with the package: exact pixels of the first 64 test images.
+
+    Args:
+        name: ``"cifar10"`` (64, 3, 32, 32) or ``"mnist"`` (64, 1, 28, 28).
 
     Returns:
-        images (64, 3, 32, 32) uint8 and class labels (64,) int64. Needs no data folder or network.
+        images (64, C, H, W) uint8 in [0, 255] and class labels (64,) int64. Needs no data folder or network.
+
+    Raises:
+        ValueError: an unknown name.
     """
-    with resources.files("mfd_loss").joinpath("assets").joinpath(_SAMPLE).open("rb") as fh, np.load(fh) as z:
+    if name not in SAMPLE_SETS:
+        raise ValueError(f"no packaged sample {name!r}; choose one of {sorted(SAMPLE_SETS)}")
+    with resources.files("mfd_loss").joinpath("assets").joinpath(SAMPLE_SETS[name]).open("rb") as fh, np.load(fh) as z:
         return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"].astype(np.int64))
+
+
+def to_model_range(batch: Tensor, input_range: tuple[float, float] | None = None) -> Tensor:
+    """Map a batch from its value range to float32 [-1, 1].
+
+    Args:
+        batch: (N, C, H, W); uint8 is taken as [0, 255]; float needs ``input_range``.
+        input_range: (low, high) of float data, e.g. (0, 1) or (-1, 1).
+
+    Returns:
+        float32 tensor of the same shape, ``low`` mapped to -1 and ``high`` to 1.
+
+    Raises:
+        ValueError: float data without a declared range, or values outside the declared range
+            (by more than 1% of its span), with the range actually found.
+    """
+    if batch.dtype == torch.uint8:
+        lo, hi = (0.0, 255.0) if input_range is None else input_range
+    elif input_range is None:
+        raise ValueError("float images need a declared input range, e.g. input_range=(0, 1) (--input-range 0 1)")
+    else:
+        lo, hi = (float(v) for v in input_range)
+    x = batch.float()
+    found_lo, found_hi = (float(v) for v in torch.aminmax(x))
+    slack = 0.01 * (hi - lo)
+    if found_lo < lo - slack or found_hi > hi + slack:
+        raise ValueError(f"images span [{found_lo:.4g}, {found_hi:.4g}] but the declared input range is "
+                         f"[{lo:g}, {hi:g}]; declare the right range (--input-range LOW HIGH)")
+    return (x - lo) * (2.0 / (hi - lo)) - 1.0

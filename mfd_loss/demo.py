@@ -1,4 +1,8 @@
-"""``mfd-loss demo``: what MFD does on real CIFAR-10 images, next to L2 and pseudo-Huber, in seconds.
+"""``mfd-loss demo``: what MFD does on real images, next to L2 and pseudo-Huber, in seconds.
+
+The images are real test images shipped with the package, matching the feature map: CIFAR-10 for RGB maps,
+MNIST for grayscale ones, brought to the map's resolution (MNIST digits padded with background, as the
+consistency example pads them to 32x32; photos resized).
 
 Each row displaces real test images by a small residual of one kind, rescaled so that every kind has the
 same pixel RMS: residuals of nuisance transformations (sub-pixel shift, rotation, brightness, contrast,
@@ -14,6 +18,7 @@ import math
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .datasets import load_sample_images, to_model_range
@@ -21,10 +26,12 @@ from .diagnostics import loss_gradient, parallel_energy_fraction
 from .loss import ManifoldFeatureDistance
 from .perturbations import Perturbations
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "demo_images"]
 
+_SAMPLES = {3: ("cifar10", "CIFAR-10"), 1: ("mnist", "MNIST")}  # channels -> (packaged sample, name)
+_SAMPLE_SIZE = 64  # images in each packaged sample
 _KINDS = {  # name -> (perturbation op, family, field, fixed value, on-manifold?)
-    "shift 0.5 px": ("translation", "geometric", "shift", (0.125, 0.0), True),
+    "shift 0.5 px": ("translation", "geometric", "shift", (0.125, 0.0), True),  # 0.125 * 0.125 * width px
     "rotation 5 deg": ("rotation", "geometric", "theta", math.radians(5), True),
     "brightness": ("brightness", "colour", "brightness_w", 0.5, True),
     "contrast": ("contrast", "colour", "contrast_w", 0.3, True),
@@ -59,24 +66,73 @@ def pseudo_huber(x: Tensor, y: Tensor) -> Tensor:
     return torch.sqrt((x - y).flatten(1).pow(2).sum(1) + c**2) - c
 
 
+def demo_images(channels: int, resolution: tuple[int, int], num_images: int = 64) -> tuple[Tensor, str]:
+    """Packaged real test images for a feature map with this channel count and (H, W) resolution.
+
+    Returns:
+        (num_images, channels, H, W) uint8 images and a description such as "16 real MNIST test images padded
+        to 32x32".
+
+    Raises:
+        ValueError: a channel count other than 1 or 3, or num_images outside [2, 64].
+    """
+    if channels not in _SAMPLES:
+        raise ValueError(f"the demo shows real photos (3 channels) or digits (1 channel), but this feature map takes "
+                         f"{channels} channels; evaluate a latent map on your own data with mfd_loss.diagnostics")
+    name, label = _SAMPLES[channels]
+    images = load_sample_images(name)[0]
+    if not 2 <= num_images <= images.shape[0]:
+        raise ValueError(f"num_images must lie in [2, {images.shape[0]}] (the packaged sample holds "
+                         f"{images.shape[0]} images; mixup needs a partner), got {num_images}")
+    images = images[:num_images]
+    (h, w), (h0, w0) = tuple(resolution), tuple(images.shape[-2:])
+    text = f"{num_images} real {label} test images"
+    if (h, w) == (h0, w0):
+        return images, text
+    if name == "mnist" and h >= h0 and w >= w0:
+        top, left = (h - h0) // 2, (w - w0) // 2
+        return F.pad(images, (left, w - w0 - left, top, h - h0 - top)), f"{text} padded to {h}x{w}"
+    resized = F.interpolate(images.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8), f"{text} resized to {h}x{w}"
+
+
 def run_demo(pretrained: str = "cifar10", num_images: int = 16, rms: float = 0.05, seed: int = 0) -> str:
-    """Build the demo report (a text table) and return it."""
+    """Build the demo report (a text table) and return it.
+
+    Args:
+        pretrained: registered name or folder of the feature map (1- or 3-channel).
+        num_images: packaged real test images to use, 2 to 64.
+        rms: pixel RMS of every residual in [-1, 1] units, > 0.
+        seed: seeds the perturbations.
+
+    Raises:
+        ValueError: num_images or rms out of range, or a map that is neither grayscale nor RGB.
+    """
+    if not (isinstance(rms, (int, float)) and math.isfinite(rms) and rms > 0):
+        raise ValueError(f"rms must be a positive number, got {rms}")
+    if not 2 <= num_images <= _SAMPLE_SIZE:
+        raise ValueError(f"num_images must lie in [2, {_SAMPLE_SIZE}] (the packaged sample holds {_SAMPLE_SIZE} "
+                         f"images; mixup needs a partner), got {num_images}")
     loss_fn = ManifoldFeatureDistance(pretrained=pretrained)
-    images, _ = load_sample_images()
-    x = to_model_range(images[:num_images])
+    config = loss_fn.feature_map.config
+    images, described = demo_images(config.in_channels, tuple(config.resolution), num_images)
+    x = to_model_range(images)
     g = torch.Generator().manual_seed(seed)
-    lines = [f"{num_images} real CIFAR-10 test images; every residual rescaled to pixel RMS {rms} "
-             f"(in [-1, 1] units); feature map: {pretrained}", ""]
+    kinds = {name: kind for name, kind in _KINDS.items()
+             if config.in_channels == 3 or not Perturbations([kind[0]]).spec.needs_rgb}
+    lines = [f"{described}; every residual rescaled to pixel RMS {rms} (in [-1, 1] units); feature map: "
+             f"{pretrained}", ""]
     lines.append(f"{'residual kind':<16}{'manifold':>9}{'L2^2':>10}{'pseudo-Huber':>14}{'MFD':>10}{'MFD / L2^2':>12}")
     residuals, scores = {}, {True: [], False: []}
-    for name, (*_, on_manifold) in _KINDS.items():
+    for name, (*_, on_manifold) in kinds.items():
         r = matched_residual(x, name, rms, g)
         residuals[name] = r
         l2 = (r.flatten(1).pow(2).sum(1)).mean().item()
         ph = pseudo_huber(x + r, x).mean().item()
         mfd = loss_fn(x + r, x).mean().item()
         scores[on_manifold].append(mfd)
-        lines.append(f"{name:<16}{'on' if on_manifold else 'off':>9}{l2:>10.3f}{ph:>14.3f}{mfd:>10.2f}{mfd / l2:>12.2f}")
+        shown = f"shift {0.125 * 0.125 * x.shape[-1]:.2g} px" if name == "shift 0.5 px" else name
+        lines.append(f"{shown:<16}{'on' if on_manifold else 'off':>9}{l2:>10.3f}{ph:>14.3f}{mfd:>10.2f}{mfd / l2:>12.2f}")
     ratio = (sum(scores[False]) / len(scores[False])) / (sum(scores[True]) / len(scores[True]))
     lines += ["", f"At equal pixel error, MFD of the off-manifold residuals is {ratio:.2f}x that of the on-manifold "
               "ones (L2 and pseudo-Huber: 1.00x)."]
@@ -96,10 +152,11 @@ def run_demo(pretrained: str = "cifar10", num_images: int = 16, rms: float = 0.0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="show MFD next to L2 and pseudo-Huber on real CIFAR-10 images",
+    p = sub.add_parser("demo", help="show MFD next to L2 and pseudo-Huber on real images",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretrained", default="cifar10", help="registered name or folder of the feature map")
-    p.add_argument("--num-images", type=int, default=16, help="how many of the 64 packaged test images to use")
+    p.add_argument("--pretrained", default="cifar10", help="registered name or folder of the feature map "
+                                                           "(1 or 3 channels)")
+    p.add_argument("--num-images", type=int, default=16, help="how many of the 64 packaged test images to use (2-64)")
     p.add_argument("--rms", type=float, default=0.05, help="pixel RMS of every residual, in [-1, 1] units")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.set_defaults(func=lambda args: print(run_demo(args.pretrained, args.num_images, args.rms, args.seed)) or 0)

@@ -1,4 +1,7 @@
-"""``mfd-loss download``, ``mfd-loss push`` and ``mfd-loss info``: feature maps and the Hugging Face Hub."""
+"""``mfd-loss download``, ``mfd-loss push`` and ``mfd-loss info``: feature maps and the Hugging Face Hub.
+
+Errors are reported by :func:`mfd_loss.cli.main` (one line, exit code 2), like those of every command.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["add_parsers"]
-
-_ERRORS = (FileNotFoundError, ConnectionError, ValueError, KeyError, TypeError, OSError)
 
 
 def _hub_options(p: argparse.ArgumentParser) -> None:
@@ -24,9 +25,8 @@ def _hub_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``download``, ``push`` and ``info`` on the ``mfd-loss`` command's subparsers."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
-        "download", formatter_class=fmt,
+        "download",
         help="fetch a named feature map or a Hub repo into the local cache and verify it",
         description="Resolve NAME (see mfd_loss.list_pretrained()) or REPO ('org/repo' or 'org/repo@revision') "
                     "to a local folder: the embedded copy or the Hugging Face cache when present, else a download "
@@ -36,10 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ref", metavar="NAME|REPO", help="registered name, 'org/repo' or 'org/repo@revision'")
     _hub_options(p)
     p.add_argument("--force", action="store_true", help="download again even when cached (repairs a corrupted copy)")
-    p.set_defaults(func=_guard("download", _run_download))
+    p.set_defaults(func=_run_download)
 
     p = sub.add_parser(
-        "push", formatter_class=fmt,
+        "push",
         help="publish an exported feature map folder to the Hugging Face Hub",
         description="Load DIR strictly (model.safetensors + config.json), then commit exactly config.json, "
                     "model.safetensors and README.md (DIR's own, or a model card generated from config.json) to "
@@ -54,10 +54,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     p.add_argument("--license", default=None, help="licence for a generated model card (default: config's, else mit)")
-    p.set_defaults(func=_guard("push", _run_push))
+    p.set_defaults(func=_run_push)
 
     p = sub.add_parser(
-        "info", formatter_class=fmt,
+        "info",
         help="describe a feature map: architecture, labels, recipe, metrics, hash",
         description="Resolve NAME, REPO or PATH as `download` does (a local path makes no request) and print its "
                     "architecture, label spec, data set, training recipe, metrics, source and SHA-256.",
@@ -65,18 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ref", metavar="NAME|REPO|PATH", help="registered name, 'org/repo[@revision]' or a local folder")
     _hub_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.set_defaults(func=_guard("info", _run_info))
-
-
-def _guard(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except _ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"mfd-loss {name}: error: {message}", file=sys.stderr)
-            return 2
-    return wrapped
+    p.set_defaults(func=_run_info)
 
 
 def _resolve(args: argparse.Namespace, force: bool = False):
@@ -158,7 +147,9 @@ def _run_info(args: argparse.Namespace) -> int:
         if held.get("mse_mean") is not None:
             lines.append(f"  metrics:      held-out label MSE {float(held['mse_mean']):.4g}")
         if isinstance(held.get("r2"), dict):
-            lines.append("  R^2:          " + ", ".join(f"{k}={float(v):.3f}" for k, v in held["r2"].items()))
+            lines.append("  R^2:          " + ", ".join(
+                f"{k}={'undefined' if v is None or float(v) != float(v) else f'{float(v):.3f}'}"
+                for k, v in held["r2"].items()))
     elif info["metrics"]:
         lines.append("  metrics:      " + json.dumps(info["metrics"], default=str))
     print("\n".join(lines))

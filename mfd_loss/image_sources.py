@@ -3,7 +3,8 @@
 Every source becomes a ``torch.utils.data.Dataset`` whose items are single images (C, H, W); batches
 are assembled by :func:`collate_images`, which accepts the item types people have (uint8 or float tensors,
 numpy arrays in HWC or HW layout, PIL images, and ``(image, label)`` tuples) and raises a clear error
-for mixed sizes. :func:`to_model_range` maps a batch from its declared value range to [-1, 1].
+for mixed sizes. :func:`to_model_range` (from :mod:`mfd_loss.datasets`, on which this module builds) maps a
+batch from its declared value range to [-1, 1].
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .datasets import load_cifar10, load_mnist, to_model_range
+
 __all__ = [
     "ImageTensorDataset", "ImageFolderDataset", "load_array", "open_image_source",
-    "collate_images", "to_model_range", "IMAGE_EXTENSIONS",
+    "collate_images", "to_model_range", "default_download_dir", "IMAGE_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -144,7 +147,8 @@ def open_image_source(
 
     Args:
         source: one of
-            - ``"cifar10"`` / ``"mnist"``: the project's archives (see :mod:`mfd_loss.datasets`);
+            - ``"cifar10"`` / ``"mnist"``: the project's archives (see :mod:`mfd_loss.datasets`); without them,
+              torchvision's copy under ``root`` (default :func:`default_download_dir`), downloaded when absent;
             - ``"torchvision:NAME"`` (e.g. ``"torchvision:CIFAR100"``, ``"torchvision:FashionMNIST"``): a
               torchvision data set class, stored under ``root`` (downloaded there when ``download=True``
               on a machine with internet);
@@ -170,9 +174,10 @@ def open_image_source(
         return ImageTensorDataset(source)
     text = str(source)
     if text in ("cifar10", "mnist"):
-        from .datasets import load_cifar10, load_mnist
-
-        images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[text](split, root)
+        try:
+            images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[text](split, root)
+        except FileNotFoundError as err:
+            images = _torchvision_copy(text, split, root, reason=str(err))
         return ImageTensorDataset(images)
     if text.startswith("torchvision:"):
         import torchvision.datasets as tvd
@@ -197,6 +202,40 @@ def open_image_source(
     if path.exists():
         raise ValueError(f"cannot read images from {path}: expected a folder of images or a .npy/.npz file")
     raise FileNotFoundError(f"no data at {path}; pass 'cifar10', 'mnist', 'torchvision:NAME', a folder or an array file")
+
+
+_TORCHVISION_NAMES = {"cifar10": "CIFAR10", "mnist": "MNIST"}
+
+
+def default_download_dir() -> Path:
+    """Where the torchvision fallback keeps CIFAR-10 / MNIST when no folder is given:
+    ``$MFD_DATA_DIR``, else ``$XDG_CACHE_HOME/mfd-loss`` (``~/.cache/mfd-loss``)."""
+    if os.environ.get("MFD_DATA_DIR"):
+        return Path(os.environ["MFD_DATA_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mfd-loss"
+
+
+def _torchvision_copy(name: str, split: str, root: str | os.PathLike | None, reason: str) -> Tensor:
+    """CIFAR-10 / MNIST through torchvision (downloaded, with its progress bar, when not already under the folder)
+    for users without the project's archives. Returns (N, C, H, W) uint8 with torchvision's exact pixels."""
+    import sys
+
+    import torchvision.datasets as tvd
+
+    root = default_download_dir() if root is None else root
+    cls_name = _TORCHVISION_NAMES[name]
+    print(f"{reason}; using torchvision's {cls_name} under {root} instead (downloaded there if absent)",
+          file=sys.stderr)
+    try:
+        data = getattr(tvd, cls_name)(str(root), train=split == "train", download=True).data
+    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), a corrupt or partial download
+        raise FileNotFoundError(f"{name}: no project archive and torchvision's download into {root} failed ({err}); "
+                                f"on a machine with internet run it once with --data-dir {root}, or set "
+                                "MFD_DATA_DIR to a folder holding the project archives") from None
+    images = torch.as_tensor(np.asarray(data))
+    if images.ndim == 3:  # MNIST: (N, 28, 28)
+        return images[:, None].contiguous()
+    return images.permute(0, 3, 1, 2).contiguous()  # CIFAR-10: (N, 32, 32, 3)
 
 
 def _as_chw(item: Any) -> Tensor:
@@ -240,29 +279,3 @@ def collate_images(items: Any) -> Tensor:
         raise ValueError(f"images in one batch have different shapes {shapes[:4]}; resize them to one size "
                          "(image folders: size=(H, W) / --size H W)")
     return torch.stack(images)
-
-
-def to_model_range(batch: Tensor, input_range: tuple[float, float] | None = None) -> Tensor:
-    """Map a batch from its value range to float32 [-1, 1].
-
-    Args:
-        batch: (N, C, H, W); uint8 is taken as [0, 255]; float needs ``input_range``.
-        input_range: (low, high) of float data, e.g. (0, 1) or (-1, 1).
-
-    Raises:
-        ValueError: float data without a declared range, or values outside the declared range
-            (by more than 1% of its span), with the range actually found.
-    """
-    if batch.dtype == torch.uint8:
-        lo, hi = (0.0, 255.0) if input_range is None else input_range
-    elif input_range is None:
-        raise ValueError("float images need a declared input range, e.g. input_range=(0, 1) (--input-range 0 1)")
-    else:
-        lo, hi = (float(v) for v in input_range)
-    x = batch.float()
-    found_lo, found_hi = (float(v) for v in torch.aminmax(x))
-    slack = 0.01 * (hi - lo)
-    if found_lo < lo - slack or found_hi > hi + slack:
-        raise ValueError(f"images span [{found_lo:.4g}, {found_hi:.4g}] but the declared input range is "
-                         f"[{lo:g}, {hi:g}]; declare the right range (--input-range LOW HIGH)")
-    return (x - lo) * (2.0 / (hi - lo)) - 1.0

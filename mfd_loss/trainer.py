@@ -2,24 +2,27 @@
 
 Objective: mean squared error between the map's K outputs and the label vector of random perturbations
 applied to real images; RAdam, no weight decay, BatchNorm in train mode; each op switched on per sample
-with probability p, ramped linearly from 0 to ``p_max`` over ``ramp_steps`` (paper: 0.15 over 50k of 400k
-iterations, batch 512, lr 1e-4).
+with probability p, ramped linearly from 0 to ``p_max`` over the first ``ramp_fraction`` of the run (paper:
+0.15 over 50k of 400k iterations = 1/8, batch 512, lr 1e-4; :data:`RECIPES` ``"paper"``).
 
 Resume is exact: the data order of each epoch and the perturbations of each step are derived from
 (seed, epoch) and (seed, step), and the checkpoint holds the model, the optimiser, the loss scaler and
 the step, so a run stopped at a checkpoint and resumed gives bit-identical weights to one that never
 stopped. Under ``torchrun`` every process draws the same global batch and perturbations, keeps its own
 slice for the forward/backward pass, and BatchNorm statistics span the global batch, so K processes
-reproduce one process with the same global batch (up to float summation order).
+reproduce one process with the same global batch (up to float summation order). The checkpoint also
+holds a fingerprint of the training data (:func:`data_fingerprint`), so resuming on other data is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,17 +38,24 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import init_distributed, use_global_batchnorm
 from .feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
-from .image_sources import collate_images, open_image_source, to_model_range
+from .datasets import to_model_range
+from .image_sources import collate_images, open_image_source
 from .perturbations import LabelSpec, Perturbations, label_spec
 from .serialization import save_feature_map
 
-__all__ = ["TrainConfig", "default_spec", "regression_metrics", "evaluate_feature_map", "train_feature_map",
-           "export_run"]
+__all__ = ["TrainConfig", "RECIPES", "recipe_settings", "default_spec", "default_device", "data_fingerprint",
+           "regression_metrics", "evaluate_feature_map", "train_feature_map", "export_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_LOG = "log.csv"
 EVAL_LOG = "eval.csv"
 PRECISIONS = ("fp32", "bf16", "fp16")
+MIN_PERTURBED_PER_OP = 10  # fewer expected perturbed held-out images per op than this: per-label R^2 is unreliable
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA device is available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_spec(channels: int) -> str:
@@ -60,11 +70,13 @@ class TrainConfig:
     """Recipe of a feature-map training run (stored in the checkpoint and the exported ``config.json``).
 
     Attributes:
-        steps: optimiser steps in total (may be changed when resuming).
+        steps: optimiser steps in total (may be changed when resuming; with ``ramp_fraction`` the ramp scales with it).
         batch_size: images per step, over all processes.
         lr: RAdam learning rate.
         p_max: final per-op probability that a perturbation is on.
-        ramp_steps: steps over which p rises linearly from 0 to p_max.
+        ramp_fraction: share of ``steps`` over which p rises linearly from 0 to p_max (paper: 50k of 400k = 1/8),
+            so that every run ends at p_max whatever its length.
+        ramp_steps: an absolute ramp length in steps instead of ``ramp_fraction`` (None: use the fraction).
         spec: perturbation preset, op names, or ``"auto"`` (:func:`default_spec` of the channel count).
         seed: seeds initialisation, data order, held-out split and perturbations.
         eval_every: steps between held-out evaluations (0 = only at the end).
@@ -79,7 +91,8 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-4
     p_max: float = 0.15
-    ramp_steps: int = 50_000
+    ramp_fraction: float = 0.125
+    ramp_steps: int | None = None
     spec: str | list[str] = "auto"
     seed: int = 0
     eval_every: int = 1000
@@ -95,18 +108,46 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.p_max <= 1.0:
             raise ValueError(f"p_max must lie in [0, 1], got {self.p_max}")
-        if self.ramp_steps < 0 or self.eval_every < 0:
+        if not 0.0 <= self.ramp_fraction <= 1.0:
+            raise ValueError(f"ramp_fraction must lie in [0, 1], got {self.ramp_fraction}")
+        if (self.ramp_steps is not None and self.ramp_steps < 0) or self.eval_every < 0:
             raise ValueError("ramp_steps and eval_every must be non-negative")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
+    @property
+    def ramp_length(self) -> int:
+        """Steps of the 0 -> p_max ramp: ``ramp_steps`` when set, else ``round(ramp_fraction * steps)``."""
+        return self.ramp_steps if self.ramp_steps is not None else round(self.ramp_fraction * self.steps)
+
     def probability(self, step: int) -> float:
-        """Per-op probability used at (0-based) step."""
-        if self.ramp_steps == 0:
-            return self.p_max
-        return self.p_max * min(1.0, (step + 1) / self.ramp_steps)
+        """Per-op probability used at (0-based) step: p_max * min(1, (step + 1) / ramp_length)."""
+        ramp = self.ramp_length
+        return self.p_max if ramp == 0 else self.p_max * min(1.0, (step + 1) / ramp)
+
+
+# Named recipes: values of TrainConfig fields plus the architecture ("arch", "width"). "default" is
+# TrainConfig() with FeatureMapConfig(); "paper" is the authors' CIFAR-10 recipe (Kim, Cha & Ye 2025, App. B),
+# meant for a GPU (bf16 autocast). docs/training.md lists both; tests/test_cli.py checks that they agree.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"arch": "vgg16", "width": 1.0, "steps": 400_000, "batch_size": 512, "lr": 1e-4, "p_max": 0.15,
+              "ramp_fraction": 0.125, "ramp_steps": None, "precision": "bf16"},
+}
+
+
+def recipe_settings(name: str) -> dict[str, Any]:
+    """Every TrainConfig field and the architecture (``arch``, ``width``) of a named recipe.
+
+    Raises:
+        ValueError: an unknown recipe name.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    base = FeatureMapConfig()
+    return {**asdict(TrainConfig()), "arch": base.arch, "width": base.width, **RECIPES[name]}
 
 
 def _mix(*values: int) -> int:
@@ -165,15 +206,36 @@ def split_held_out(num_images: int, fraction: float, seed: int) -> tuple[list[in
     return sorted(perm[held:]), sorted(perm[:held])
 
 
-def regression_metrics(prediction: Tensor, target: Tensor, names: Iterable[str]) -> dict[str, dict[str, float]]:
-    """Per-label R^2 = 1 - SSE / SST and MSE of (N, K) predictions against (N, K) labels (R^2 is NaN for a
-    label that is constant in the evaluation set)."""
+def regression_metrics(prediction: Tensor, target: Tensor, names: Iterable[str]) -> dict[str, Any]:
+    """Per-label R^2 = 1 - SSE / SST and MSE of (N, K) predictions against (N, K) labels.
+
+    R^2 of a label whose variance over the evaluation set is (close to) zero, e.g. because no image had that
+    perturbation switched on, is undefined: its value is NaN, ``"undefined"`` maps the label to the reason,
+    and a ``UserWarning`` names the labels.
+
+    Returns:
+        ``{"r2": {label: float}, "mse": {label: float}, "undefined": {label: reason}}``.
+    """
     prediction, target = prediction.double(), target.double()
+    n = target.shape[0]
     sse = (prediction - target).pow(2).sum(0)
     sst = (target - target.mean(0)).pow(2).sum(0)
-    r2 = torch.where(sst > 0, 1 - sse / sst.clamp_min(1e-30), torch.full_like(sse, math.nan))
+    defined = sst > 1e-12 * n
+    r2 = torch.where(defined, 1 - sse / sst.clamp_min(1e-30), torch.full_like(sse, math.nan))
     names = list(names)
-    return {"r2": dict(zip(names, r2.tolist())), "mse": dict(zip(names, (sse / target.shape[0]).tolist()))}
+    undefined = {name: f"constant over the {n} evaluation images (variance {float(v) / n:.1e}): no image had "
+                       "this perturbation on"
+                 for name, ok, v in zip(names, defined.tolist(), sst.tolist()) if not ok}
+    if undefined:
+        warnings.warn(f"per-label R^2 is undefined for {len(undefined)} of {len(names)} labels "
+                      f"({', '.join(undefined)}): constant over the {n} evaluation images; evaluate on more "
+                      "images (--eval-size, --eval-fraction, --eval-data) or at a larger p", UserWarning, stacklevel=2)
+    return {"r2": dict(zip(names, r2.tolist())), "mse": dict(zip(names, (sse / n).tolist())), "undefined": undefined}
+
+
+def format_r2(r2: dict[str, float], digits: int = 2) -> str:
+    """``label=value`` pairs, with ``undefined`` in place of NaN."""
+    return " ".join(f"{k}={'undefined' if v != v else f'{v:.{digits}f}'}" for k, v in r2.items())
 
 
 @torch.no_grad()
@@ -196,8 +258,14 @@ def evaluate_feature_map(
         seed: seeds the evaluation perturbations, so numbers are comparable across checkpoints.
 
     Returns:
-        ``{"r2": {label: value}, "mse": {label: value}, "mse_mean": float, "num_images": N, "p": p}``.
+        ``{"r2": {label: value}, "mse": {label: value}, "undefined": {label: reason}, "mse_mean": float,
+        "num_images": N, "p": p}`` (see :func:`regression_metrics` for undefined R^2).
+
+    Raises:
+        ValueError: fewer than 2 images (R^2 needs a spread, mixup a partner).
     """
+    if images.shape[0] < 2:
+        raise ValueError(f"per-label R^2 needs at least 2 held-out images, got {images.shape[0]}")
     was_training = feature_map.training
     feature_map.eval()
     device = next(feature_map.parameters()).device
@@ -223,6 +291,7 @@ class _StopRequested:
 
     def __init__(self) -> None:
         self.flag = False
+        self.signum = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequested":
@@ -234,7 +303,7 @@ class _StopRequested:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.flag = True
+        self.flag, self.signum = True, signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -246,6 +315,19 @@ class _CsvLog:
 
     def __init__(self, path: Path, fields: list[str]):
         self.path, self.fields = path, fields
+
+    def drop_after(self, step: int) -> None:
+        """Remove rows of steps after ``step``: work a crash lost since the checkpoint, redone on resume."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        kept = [row for row in rows if int(row["step"]) <= step]
+        if len(kept) < len(rows):
+            with open(self.path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(kept)
 
     def write(self, row: dict[str, Any]) -> None:
         new = not self.path.exists()
@@ -260,6 +342,35 @@ def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def data_fingerprint(dataset: Dataset, source: str, samples: int = 8) -> dict[str, Any]:
+    """What identifies a training set across runs: its size and a SHA-256 of a few of its images.
+
+    Args:
+        dataset: a Dataset of images (see :func:`mfd_loss.image_sources.open_image_source`).
+        source: a description of where the images came from (recorded, not compared).
+        samples: how many images, evenly spaced over the index range, are hashed (with dtype and shape).
+
+    Returns:
+        ``{"source": str, "num_images": N, "sample_indices": [...], "sample_sha256": hex}``.
+    """
+    n = len(dataset)
+    indices = sorted({round(i * (n - 1) / max(1, samples - 1)) for i in range(min(samples, n))})
+    digest = hashlib.sha256()
+    for i in indices:
+        image = collate_images([dataset[i]]).contiguous().cpu()
+        digest.update(f"{image.dtype} {tuple(image.shape)}".encode())
+        digest.update(image.flatten().view(torch.uint8).numpy().tobytes())
+    return {"source": source, "num_images": n, "sample_indices": indices, "sample_sha256": digest.hexdigest()}
+
+
+def _describe_source(data: Any) -> str:
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    if isinstance(data, Tensor) or hasattr(data, "shape"):
+        return f"{type(data).__name__} of shape {tuple(data.shape)}"
+    return type(data).__name__
 
 
 def _prepare_data(
@@ -306,7 +417,7 @@ def train_feature_map(
     input_range: tuple[float, float] | None = None,
     resume: bool = True,
     max_minutes: float | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     num_workers: int = 0,
     dataset: dict[str, Any] | None = None,
     export_dtype: torch.dtype = torch.float32,
@@ -317,7 +428,8 @@ def train_feature_map(
 
     Run single-process, or the same code under ``torchrun --nproc-per-node K`` (DDP; gloo on CPU, NCCL on
     CUDA). Writes into out_dir (rank 0 only): ``checkpoint.pt`` (atomically, every ``checkpoint_every``
-    steps, on SIGTERM/SIGINT, at ``max_minutes`` and at the end), ``log.csv`` (step, loss, p, images/s),
+    steps, on SIGTERM/SIGINT, at ``max_minutes`` and at the end), ``log.csv`` (step, loss, p, images/s; a row
+    every 30 s, at each checkpoint and when stopping),
     ``eval.csv`` (per-label R^2 of each evaluation) and, when ``config.steps`` is reached, the exported map
     (``model.safetensors`` + ``config.json``, loadable with ``MFD(pretrained=out_dir)``).
 
@@ -333,9 +445,11 @@ def train_feature_map(
         eval_data: held-out images (same forms as ``data``; named sets use their test split); default: a
             ``config.eval_fraction`` share of ``data`` is held out.
         input_range: value range of float data, e.g. (0, 1); uint8 data is [0, 255]. Checked on every batch.
-        resume: continue from out_dir/checkpoint.pt when it exists (the recipe must match, except ``steps``).
+        resume: continue from out_dir/checkpoint.pt when it exists (the recipe must match, except ``steps``, and
+            the data must be the same: see :func:`data_fingerprint`).
         max_minutes: stop (with a checkpoint) after this much wall-clock time; rerun to resume.
-        device: where to train (``"cpu"``, ``"cuda"``; under torchrun each process takes ``cuda:LOCAL_RANK``).
+        device: where to train (``"cpu"``, ``"cuda"``; under torchrun each process takes ``cuda:LOCAL_RANK``);
+            default: :func:`default_device` (CUDA when available).
         num_workers: DataLoader worker processes (useful for image folders).
         dataset: description stored in ``config.json`` (name, split, size, ...).
         export_dtype: storage dtype of the exported weights.
@@ -343,17 +457,39 @@ def train_feature_map(
         source_kwargs: extra arguments of ``open_image_source`` (``root``, ``download``, ``channels``, ``size``, ...).
 
     Returns:
-        (feature map on ``device``, summary with ``step``, ``finished``, ``images_seen``, ``train_seconds``, ``metrics``).
+        (feature map on ``device``, summary with ``step``, ``finished``, ``stopped_by`` (None, ``"SIGINT"``,
+        ``"SIGTERM"`` or ``"max_minutes"``), ``images_seen``, ``train_seconds``, ``metrics``).
 
     Raises:
-        ValueError: empty or mixed-size data, values outside ``input_range``, a spec that needs RGB for
-            non-RGB data, a batch size not divisible by the number of processes, or a checkpoint written
-            with a different recipe/architecture.
+        ValueError: empty or mixed-size data, values outside ``input_range``, CUDA asked for but not available,
+            a spec that needs RGB for
+            non-RGB data, a batch size not divisible by the number of processes, fewer than 2 held-out images,
+            or a checkpoint written with a different recipe/architecture or on different data.
+
+    Warns:
+        UserWarning: the held-out set is too small for per-label R^2 (fewer than 10 images expected with each
+            perturbation on), or an evaluation found labels with undefined R^2.
     """
+    device = torch.device(default_device() if device is None else device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False (no GPU, or a CPU-only "
+                         "torch build); use device='cpu' (--device cpu) or install a CUDA build of torch")
     ctx = init_distributed(device)
     out_dir = Path(out_dir)
     source, train_idx, eval_images, (channels, height, width) = _prepare_data(
         data, eval_data, config, input_range, **(source_kwargs or {}))
+    fingerprint = data_fingerprint(source, _describe_source(data))
+    eval_p = config.p_max if config.eval_p is None else config.eval_p
+    if eval_images is not None:
+        if eval_images.shape[0] < 2:
+            raise ValueError(f"per-label R^2 needs at least 2 held-out images, got {eval_images.shape[0]}; pass more "
+                             "eval_data (--eval-data) or set eval_fraction=0 (--eval-fraction 0) to skip evaluation")
+        expected = eval_images.shape[0] * eval_p
+        if expected < MIN_PERTURBED_PER_OP:
+            warnings.warn(f"the held-out set has {eval_images.shape[0]} images: at p = {eval_p:g} about "
+                          f"{expected:.1f} of them have each perturbation on, too few for per-label R^2 (want >= "
+                          f"{MIN_PERTURBED_PER_OP}); hold out more (eval_size / eval_fraction, --eval-size / "
+                          "--eval-fraction) or pass eval_data (--eval-data)", UserWarning, stacklevel=2)
     spec = label_spec(default_spec(channels) if config.spec == "auto" else config.spec)
     if spec.needs_rgb and channels != 3:
         raise ValueError(f"the perturbation spec {list(spec.ops)} has RGB-only ops (hue, saturation) but the images "
@@ -378,8 +514,18 @@ def train_feature_map(
         now = asdict(config)
         changed |= {f"recipe.{k}" for k in now if k != "steps" and state["recipe"].get(k, now[k]) != now[k]}
         if changed:
-            raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}; use another out_dir, "
-                             "the original settings, or resume=False to start over")
+            values = "; ".join(f"{k}: {state['recipe'].get(k[7:])!r} in the checkpoint, {now[k[7:]]!r} now"
+                               for k in sorted(changed) if k.startswith("recipe."))
+            raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}" +
+                             (f" ({values})" if values else "") +
+                             "; use another out_dir, the original settings, or resume=False to start over")
+        saved = state.get("data_fingerprint")
+        if saved and (saved["num_images"], saved["sample_sha256"]) != (fingerprint["num_images"],
+                                                                         fingerprint["sample_sha256"]):
+            raise ValueError(f"{ckpt_path} is a run on other data: {saved['source']} ({saved['num_images']} images), "
+                             f"not {fingerprint['source']} ({fingerprint['num_images']} images, other content); "
+                             "resume with the original data (--data), or start a new run in another folder (--out) "
+                             "or over this one (resume=False, --no-resume)")
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
@@ -393,7 +539,7 @@ def train_feature_map(
     loader = DataLoader(source, batch_sampler=StepBatchSampler(train_idx, config.batch_size, config.seed, step, config.steps),
                         collate_fn=collate_images, num_workers=num_workers, persistent_workers=False)
     recipe = asdict(config)
-    description = dataset or {"source": str(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__}
+    description = dataset or {"source": fingerprint["source"]}
     description = {**description, "num_images": len(train_idx), "channels": channels, "resolution": [height, width],
                    "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
 
@@ -403,15 +549,17 @@ def train_feature_map(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "train_seconds": train_seconds, "recipe": recipe, "architecture": arch.to_dict(),
                 "label_spec": spec.to_dict(), "dataset": description, "last_eval": last_eval,
+                "data_fingerprint": fingerprint,
             })
 
     train_log = _CsvLog(out_dir / TRAIN_LOG, ["step", "loss", "p", "images_per_second", "train_seconds"])
     eval_log = _CsvLog(out_dir / EVAL_LOG, ["step", "mse_mean"] + [f"r2_{n}" for n in spec.labels])
-    eval_p = config.p_max if config.eval_p is None else config.eval_p
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        train_log.drop_after(step)
+        eval_log.drop_after(step)
     started = last_log = time.monotonic()
-    running, running_n, log_images = 0.0, 0, 0
+    running, running_n, log_images, halt_code = 0.0, 0, 0, 0
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and ctx.is_main), desc="feature map", unit="step")
     with _StopRequested() as stop:
         for batch in loader:
@@ -427,8 +575,14 @@ def train_feature_map(
             step += 1
             running, running_n, log_images = running + loss.item(), running_n + 1, log_images + config.batch_size
             bar.update(1)
+            out_of_time = max_minutes is not None and (time.monotonic() - started) > 60 * max_minutes
+            halt = torch.tensor([float(stop.signum if stop.flag else 1 if out_of_time else 0)], device=ctx.device)
+            if ctx.distributed:
+                dist.all_reduce(halt, op=dist.ReduceOp.MAX)
+            halt_code = int(halt.item())
+            save_now = step % config.checkpoint_every == 0 or step == config.steps or halt_code
             now = time.monotonic()
-            if ctx.is_main and (now - last_log > 30 or step == config.steps):
+            if ctx.is_main and (now - last_log > 30 or save_now):
                 row = {"step": step, "loss": running / running_n, "p": config.probability(step - 1),
                        "images_per_second": log_images / (now - last_log),
                        "train_seconds": train_seconds + now - started}
@@ -440,21 +594,17 @@ def train_feature_map(
                 last_eval = evaluate_feature_map(model, eval_images, perturbations, p=eval_p)
                 eval_log.write({"step": step, "mse_mean": last_eval["mse_mean"],
                                 **{f"r2_{k}": v for k, v in last_eval["r2"].items()}})
-                bar.write(f"step {step}: held-out mse {last_eval['mse_mean']:.4f}, R^2 " +
-                          " ".join(f"{k}={v:.2f}" for k, v in last_eval["r2"].items()))
-            out_of_time = max_minutes is not None and (time.monotonic() - started) > 60 * max_minutes
-            halt = torch.tensor([float(stop.flag or out_of_time)])
-            if ctx.distributed:
-                dist.all_reduce(halt, op=dist.ReduceOp.MAX)
-            if step % config.checkpoint_every == 0 or step == config.steps or halt.item():
+                bar.write(f"step {step}: held-out mse {last_eval['mse_mean']:.4f}, R^2 {format_r2(last_eval['r2'])}")
+            if save_now:
                 train_seconds += time.monotonic() - started
                 started = time.monotonic()
                 checkpoint()
-            if halt.item():
+            if halt_code:
                 break
     bar.close()
     finished = step >= config.steps
-    summary = {"step": step, "finished": finished, "images_seen": step * config.batch_size,
+    stopped_by = None if finished else signal.Signals(halt_code).name if halt_code > 1 else "max_minutes"
+    summary = {"step": step, "finished": finished, "stopped_by": stopped_by, "images_seen": step * config.batch_size,
                "train_seconds": round(train_seconds, 1), "metrics": last_eval}
     if ctx.distributed:
         dist.barrier()
@@ -530,7 +680,8 @@ def export_run(
         metrics = {**metrics, "images": eval_name}
     step = state["step"]
     recipe = {**asdict(config), "objective": "MSE on the perturbation label vector", "optimizer": "RAdam",
-              "weight_decay": 0.0, "steps_done": step, "images_seen": step * config.batch_size,
+              "weight_decay": 0.0, "ramp_length": config.ramp_length, "steps_done": step,
+              "images_seen": step * config.batch_size,
               "train_seconds": round(state["train_seconds"], 1), "torch": torch.__version__}
     metadata: dict[str, Any] = {"dataset": dataset if dataset is not None else state.get("dataset", {}),
                                 "recipe": recipe}

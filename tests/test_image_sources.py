@@ -1,5 +1,7 @@
 """Image sources for the trainer: every accepted form, and a clear error for every bad one."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,110 @@ def test_unknown_torchvision_dataset(tmp_path):
 def test_torchvision_dataset_absent_offline_says_how_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="download=True"):
         open_image_source("torchvision:MNIST", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------------- cifar10 / mnist without archives
+
+
+def _write_idx(path, array):
+    """MNIST's idx file format: a big-endian magic (0x08 = uint8, then the rank), the dimensions, the bytes."""
+    import struct
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _fake_mnist_download(calls, digits, labels):
+    """Stands in for MNIST.download (no network): writes the idx files it would have downloaded."""
+    def download(self):
+        calls.append(self.root)
+        raw = Path(self.raw_folder)
+        for prefix in ("train", "t10k"):
+            _write_idx(raw / f"{prefix}-images-idx3-ubyte", digits)
+            _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return download
+
+
+def _fake_cifar_download(calls, photos, labels):
+    """Stands in for CIFAR10.download (no network): writes torchvision's pickled batches."""
+    import pickle
+
+    def download(self):
+        calls.append(self.root)
+        folder = Path(self.root) / self.base_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = photos.reshape(len(photos), -1)  # (N, 3 * 32 * 32), channel-major as in the CIFAR files
+        for name, _ in self.train_list + self.test_list:
+            (folder / name).write_bytes(pickle.dumps({"data": rows, "labels": labels.tolist()}))
+        (folder / self.meta["filename"]).write_bytes(pickle.dumps({self.meta["key"]: [str(i) for i in range(10)]}))
+    return download
+
+
+def test_mnist_falls_back_to_torchvision_when_the_archive_is_absent(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets as tvd
+
+    digits, labels = load_sample_images("mnist")
+    calls = []
+    monkeypatch.setattr(tvd.MNIST, "download", _fake_mnist_download(calls, digits[:, 0].numpy(), labels.numpy()))
+    ds = open_image_source("mnist", split="test", root=tmp_path)  # tmp_path holds no project archive
+    assert calls == [str(tmp_path)]  # torchvision was asked to download into the data folder
+    assert len(ds) == 64 and torch.equal(collate_images([ds[i] for i in range(64)]), digits)
+    assert "using torchvision's MNIST" in capsys.readouterr().err
+
+
+def test_cifar10_falls_back_to_torchvision_with_the_default_folder(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+    import torchvision.datasets.cifar as cifar
+
+    photos, labels = load_sample_images("cifar10")
+    calls = []
+    monkeypatch.setattr(tvd.CIFAR10, "download", _fake_cifar_download(calls, photos.numpy(), labels.numpy()))
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)  # our stand-in files have other MD5s
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+    monkeypatch.setenv("MFD_DATA_DIR", str(tmp_path / "data"))  # found, but without the project archive
+    (tmp_path / "data").mkdir()
+    ds = open_image_source("cifar10", split="train")
+    assert calls == [str(tmp_path / "data")]
+    assert len(ds) == 5 * 64  # five training batches
+    assert torch.equal(collate_images([ds[i] for i in range(64)]), photos)  # NHWC -> NCHW, exact pixels
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tvd.MNIST, "download", offline)
+    with pytest.raises(FileNotFoundError, match="torchvision's download into .* failed.*--data-dir"):
+        open_image_source("mnist", root=tmp_path)
+
+
+def test_default_download_dir(monkeypatch, tmp_path):
+    from mfd_loss.image_sources import default_download_dir
+
+    monkeypatch.delenv("MFD_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_download_dir() == tmp_path / "mfd-loss"
+    monkeypatch.setenv("MFD_DATA_DIR", str(tmp_path / "d"))
+    assert default_download_dir() == tmp_path / "d"
+
+
+def test_imports_flow_one_way_from_image_sources_to_datasets():
+    """datasets (archives, packaged samples, value range) imports nothing of the package; image_sources builds on it."""
+    import ast
+    import inspect
+
+    import mfd_loss.datasets
+    import mfd_loss.image_sources
+
+    def package_imports(module):
+        tree = ast.parse(inspect.getsource(module))
+        return {node.module or "." for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0}
+
+    assert package_imports(mfd_loss.datasets) == set()
+    assert "datasets" in package_imports(mfd_loss.image_sources)
+    assert mfd_loss.image_sources.to_model_range is mfd_loss.datasets.to_model_range

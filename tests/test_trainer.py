@@ -180,3 +180,95 @@ def test_evaluation_with_a_one_image_remainder_and_mixup_on():
     metrics = evaluate_feature_map(fmap, images, Perturbations("all", p=1.0), p=1.0, batch_size=10)
     assert metrics["num_images"] == 21
     assert all(v == v for v in metrics["r2"].values())  # every label varies at p = 1, so no NaN
+
+
+# ------------------------------------------------------------------------------------------ ramp and held-out R^2
+
+
+def test_ramp_is_a_fraction_of_the_run():
+    """The README's --steps 20000 run used to end at p = 0.06 (a fixed 50k-step ramp) while evaluating at 0.15."""
+    paper = TrainConfig()
+    assert paper.ramp_length == 50_000  # 1/8 of 400k, the paper's schedule
+    assert math.isclose(paper.probability(24_999), 0.075) and paper.probability(49_999) == 0.15
+    for steps in (20_000, 50, 3):
+        config = TrainConfig(steps=steps)
+        assert config.probability(steps - 1) == config.p_max, steps
+    assert math.isclose(TrainConfig(steps=20_000).probability(1_249), 0.075)  # halfway through its 2,500-step ramp
+    fixed = TrainConfig(steps=100, ramp_steps=10)
+    assert fixed.ramp_length == 10 and math.isclose(fixed.probability(4), 0.075)
+    assert TrainConfig(steps=100, ramp_fraction=0.0).probability(0) == 0.15
+    with pytest.raises(ValueError, match="ramp_fraction"):
+        TrainConfig(ramp_fraction=1.5)
+
+
+def test_regression_metrics_r2_values_and_undefined_labels():
+    from mfd_loss.trainer import regression_metrics
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(40, 3)
+    target[:, 0] = torch.randn(40, generator=g)
+    target[:, 1] = torch.randn(40, generator=g)  # label 2 stays 0: the op was never on
+    prediction = target * torch.tensor([0.5, 1.0, 0.0]) + torch.tensor([0.0, 0.1, 0.2])
+    with pytest.warns(UserWarning, match=r"undefined for 1 of 3 labels \(c\)"):
+        metrics = regression_metrics(prediction, target, ["a", "b", "c"])
+    t0, t1 = target[:, 0].double(), target[:, 1].double()
+    assert math.isclose(metrics["r2"]["a"], 1 - (0.25 * t0.pow(2).sum() / (t0 - t0.mean()).pow(2).sum()).item())
+    assert math.isclose(metrics["r2"]["b"], 1 - (40 * 0.01 / (t1 - t1.mean()).pow(2).sum()).item())
+    assert math.isnan(metrics["r2"]["c"]) and set(metrics["undefined"]) == {"c"}
+    assert "no image had this perturbation on" in metrics["undefined"]["c"]
+    assert math.isclose(metrics["mse"]["c"], 0.04, rel_tol=1e-6)  # 0.2 is rounded to float32
+
+
+def test_a_50_step_run_ends_at_p_max_and_says_why_r2_is_undefined(tmp_path, sample_uint8, capsys):
+    """The issue's case: 50 steps with the default 2% held out (2 of 64 images). It used to train on p <= 0.00015
+    and print R^2 = nan for 9 of 15 labels without a word."""
+    config = TrainConfig(steps=50, batch_size=8, eval_every=0, checkpoint_every=1000)
+    with pytest.warns(UserWarning) as caught:
+        _, summary = train_feature_map(sample_uint8, tmp_path, config=config, architecture=TINY, device="cpu",
+                                       progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("the held-out set has 2 images" in m and "too few for per-label R^2" in m for m in messages)
+    assert any("per-label R^2 is undefined" in m for m in messages)
+    rows = read_csv(tmp_path / "log.csv")
+    assert float(rows[-1]["p"]) == 0.15 and int(rows[-1]["step"]) == 50
+    metrics = summary["metrics"]
+    undefined = {k for k, v in metrics["r2"].items() if math.isnan(v)}
+    assert undefined and undefined == set(metrics["undefined"])  # every NaN comes with its reason
+    out = capsys.readouterr().out
+    assert "=undefined" in out and "nan" not in out
+
+
+def test_fewer_than_two_held_out_images_is_refused(tmp_path, sample_uint8):
+    config = TrainConfig(steps=1, batch_size=8, eval_every=0)
+    with pytest.raises(ValueError, match="at least 2 held-out images"):
+        train_feature_map(sample_uint8[:16], tmp_path, config=config, architecture=TINY, eval_data=sample_uint8[:1],
+                          device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------------ resume on other data, logs
+
+
+def test_resume_on_other_data_is_refused(tmp_path, sample_uint8):
+    run(sample_uint8[:32], tmp_path, 2)
+    with pytest.raises(ValueError, match=r"run on other data.*32 images.*--no-resume"):
+        run(sample_uint8[32:], tmp_path, 4)  # as many images, other content
+    with pytest.raises(ValueError, match="run on other data"):
+        run(sample_uint8[:40], tmp_path, 4)  # the same images and more
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 2 and state["data_fingerprint"]["num_images"] == 32
+    _, summary = run(sample_uint8[:32].clone(), tmp_path, 4)  # the same data (another tensor) resumes
+    assert summary["step"] == 4
+
+
+def test_recipe_mismatch_message_shows_both_values(tmp_path, sample_uint8):
+    run(sample_uint8, tmp_path, 2)
+    with pytest.raises(ValueError, match=r"recipe.lr: 0.001 in the checkpoint, 0.002 now"):
+        run(sample_uint8, tmp_path, 4, lr=2e-3)
+
+
+def test_resume_drops_log_rows_of_steps_the_checkpoint_does_not_hold(tmp_path, sample_uint8):
+    run(sample_uint8, tmp_path, 3)
+    with open(tmp_path / "log.csv", "a") as fh:  # a row written after the last checkpoint, then a crash
+        fh.write("9,0.5,0.6,100,1.0\n")
+    run(sample_uint8, tmp_path, 4)
+    assert [int(r["step"]) for r in read_csv(tmp_path / "log.csv")] == [3, 4]

@@ -124,7 +124,8 @@ def test_interrupted_run_resumes_without_losing_or_repeating_steps(tmp_path, rea
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     steps_logged = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
-    assert steps_logged == sorted(set(steps_logged))
+    assert steps_logged == [1, 2, 4]  # a row at the stop and at each checkpoint: the short first segment keeps its row
+    assert first["stopped_by"] == "max_minutes" and second["stopped_by"] is None
 
 
 def test_cli_trains_a_folder_and_mfd_loads_it(tmp_path, real):
