@@ -5,6 +5,9 @@ Cases, all measured in one run, side by side, on the same seeded random inputs i
 * ``mfd-cifar10`` / ``mfd-mnist``: MFD with each shipped feature map (mnist: 1x28x28, shown in the 32 px
   columns). At a resolution other than the map's own, a randomly initialised map of the same config
   (``resolution`` replaced) is used: identical compute, weights that mean nothing.
+* ``mfd-cifar10-novalidate``: the same MFD with ``validate_args=False`` (no NaN/range check, so no host
+  synchronisation per call); measured in the same process as ``mfd-cifar10``, alternating, so the difference is
+  the cost of the value checks (``value_check_cost_pct`` in the summary).
 * ``floor-cifar10`` / ``floor-mnist``: what no feature-space loss can beat, the map's forward on the target
   (no grad), its forward on the prediction and one backward to the input; MFD's overhead = t_MFD / t_floor - 1.
 * ``ayt-cifar10``: AYT's tangent loss (``mfd_loss.objectives.tangent_loss``) with MFD (cifar10) as distance.
@@ -68,6 +71,7 @@ from _common import (  # noqa: E402
 
 CASES = {
     "mfd-cifar10": "MFD cifar10",
+    "mfd-cifar10-novalidate": "MFD cifar10, validate_args=False",
     "floor-cifar10": "floor: cifar10 map, 2 fwd + input bwd",
     "ayt-cifar10": "AYT tangent loss (MFD cifar10)",
     "mfd-mnist": "MFD mnist (1x28x28 at 32 px)",
@@ -79,7 +83,7 @@ CASES = {
     "pseudo-huber": "pseudo-Huber (iCT c)",
     "l2": "L2 (MSE)",
 }
-SMOKE_CASES = ("mfd-cifar10", "floor-cifar10", "ayt-cifar10", "lpips-alex", "pseudo-huber", "l2")
+SMOKE_CASES = ("mfd-cifar10", "mfd-cifar10-novalidate", "floor-cifar10", "ayt-cifar10", "lpips-alex", "pseudo-huber", "l2")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SKIPPED = "over the --max-seconds budget"
 MEMORY_METHODS = {
@@ -103,19 +107,28 @@ def input_shape(case: str, resolution: int) -> tuple[int, int, int]:
     return (3, resolution, resolution)
 
 
-def build_mfd(name: str, size: int, seed: int, notes: list[str]):
+VALIDATE_OFF = "-novalidate"
+
+
+def floor_of(case: str) -> str:
+    """The floor case an MFD case is compared with (``mfd-cifar10-novalidate`` -> ``floor-cifar10``)."""
+    return "floor-" + case[4:].removesuffix(VALIDATE_OFF)
+
+
+def build_mfd(name: str, size: int, seed: int, notes: list[str], validate_args: bool = True):
     """The shipped MFD map ``name`` if ``size`` is its resolution, else a seeded random map of its config."""
     from mfd_loss import MFD
     from mfd_loss.feature_maps import build_feature_map
 
-    mfd = MFD(pretrained=name)
+    mfd = MFD(pretrained=name, validate_args=validate_args)
     config = mfd.feature_map.config
     if tuple(config.resolution) == (size, size):
         notes.append(f"shipped {name} weights")
         return mfd
     torch.manual_seed(seed)
     notes.append(f"random weights, {name} config at {size}x{size} (same compute)")
-    return MFD(pretrained=None, feature_map=build_feature_map(dataclasses.replace(config, resolution=(size, size))))
+    fmap = build_feature_map(dataclasses.replace(config, resolution=(size, size)))
+    return MFD(pretrained=None, feature_map=fmap, validate_args=validate_args)
 
 
 def build_lpips(net: str, notes: list[str]):
@@ -137,7 +150,10 @@ def build_case(case: str, size: int, seed: int, device: torch.device) -> tuple[L
     notes: list[str] = []
     kind, _, rest = case.partition("-")
     if kind in ("mfd", "floor", "ayt"):
-        mfd = build_mfd(rest, size, seed, notes).to(device)
+        validate = not rest.endswith(VALIDATE_OFF)
+        if not validate:
+            notes.append("validate_args=False: no NaN/Inf or range check, no host synchronisation")
+        mfd = build_mfd(rest.removesuffix(VALIDATE_OFF), size, seed, notes, validate).to(device)
         if kind == "mfd":
             return lambda p, t: mfd(p, t).sum(), notes
         if kind == "ayt":
@@ -292,14 +308,21 @@ def measure_group(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def groups(cases: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Cases measured together: each MFD with its floor (if both are asked for), every other case alone."""
-    out = []
+    """Cases measured together: each MFD with its ``-novalidate`` twin and its floor (those asked for), every
+    other case alone."""
+    out: list[tuple[str, ...]] = []
+    taken: set[str] = set()
     for case in cases:
+        if case in taken:
+            continue
         kind, _, name = case.partition("-")
-        if kind == "mfd" and f"floor-{name}" in cases:
-            out.append((case, f"floor-{name}"))
-        elif not (kind == "floor" and f"mfd-{name}" in cases):
-            out.append((case,))
+        if kind in ("mfd", "floor"):
+            base = "mfd-" + name.removesuffix(VALIDATE_OFF)
+            group = tuple(c for c in (base, base + VALIDATE_OFF, floor_of(base)) if c in cases)
+        else:
+            group = (case,)
+        taken.update(group)
+        out.append(group)
     return out
 
 
@@ -344,8 +367,10 @@ def time_ratio(rows, case: str, reference: str, resolution: int, batch: int) -> 
 
 
 def summarize(rows, cases, resolutions, batches) -> dict[str, Any]:
-    """Ratios: each case's time over L2's and pseudo-Huber's; MFD's overhead over its floor (%)."""
-    summary: dict[str, Any] = {"time_over_l2": {}, "time_over_pseudo_huber": {}, "mfd_overhead_over_floor_pct": {}}
+    """Ratios: each case's time over L2's and pseudo-Huber's; MFD's overhead over its floor (%); the cost of MFD's
+    value checks, t_MFD / t_MFD(validate_args=False) - 1 (%)."""
+    summary: dict[str, Any] = {"time_over_l2": {}, "time_over_pseudo_huber": {}, "mfd_overhead_over_floor_pct": {},
+                               "value_check_cost_pct": {}}
     for res in resolutions:
         for batch in batches:
             key = f"{res}px/b{batch}"
@@ -355,9 +380,12 @@ def summarize(rows, cases, resolutions, batches) -> dict[str, Any]:
                     if ratio is not None:
                         summary[name].setdefault(case, {})[key] = round(ratio, 3)
                 if case.startswith("mfd-"):
-                    ratio = time_ratio(rows, case, "floor-" + case[4:], res, batch)
+                    ratio = time_ratio(rows, case, floor_of(case), res, batch)
                     if ratio is not None:
                         summary["mfd_overhead_over_floor_pct"].setdefault(case, {})[key] = round(100 * (ratio - 1), 1)
+                    ratio = time_ratio(rows, case, case + VALIDATE_OFF, res, batch)
+                    if ratio is not None:
+                        summary["value_check_cost_pct"].setdefault(case, {})[key] = round(100 * (ratio - 1), 1)
     return summary
 
 
@@ -373,7 +401,7 @@ def tables(rows, cases, resolutions, batches, ref_batch: int) -> str:
     speed, memory = [], []
     for case in cases:
         cells = [lookup(rows, case, r, b) for r in resolutions for b in batches]
-        overhead = [time_ratio(rows, case, "floor-" + case[4:], r, ref_batch) if case.startswith("mfd-") else None
+        overhead = [time_ratio(rows, case, floor_of(case), r, ref_batch) if case.startswith("mfd-") else None
                     for r in resolutions]
         speed.append([CASES[case]] + [_fmt(c and c["images_per_s"]) for c in cells]
                      + [_fmt(time_ratio(rows, case, "l2", r, ref_batch), ".3g", "×") for r in resolutions]
@@ -399,6 +427,9 @@ def headline(rows, resolutions, batches, ref_batch: int) -> str:
     ratio = time_ratio(rows, "mfd-cifar10", "floor-cifar10", res, ref_batch)
     if ratio is not None:
         parts.append(f"overhead over floor {100 * (ratio - 1):+.1f} %")
+    ratio = time_ratio(rows, "mfd-cifar10", "mfd-cifar10" + VALIDATE_OFF, res, ref_batch)
+    if ratio is not None:
+        parts.append(f"value checks {100 * (ratio - 1):+.1f} % (vs validate_args=False)")
     for batch in sorted((b for b in batches if b <= ref_batch), reverse=True):
         ratio = time_ratio(rows, "lpips-vgg@224", "mfd-cifar10", res, batch)
         if ratio is not None:

@@ -15,7 +15,7 @@ from .pretrained import download_pretrained, list_pretrained, load_pretrained
 from .serialization import load_feature_map, save_feature_map
 from .trainer import TrainConfig, train_feature_map
 from . import consistency, diagnostics
-from .objectives import pseudo_huber, tangent_loss
+from .objectives import TangentLoss, pseudo_huber, tangent_loss
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "train_feature_map",
     "load_sample_images",
     "tangent_loss",
+    "TangentLoss",
     "pseudo_huber",
     "consistency",
     "diagnostics",

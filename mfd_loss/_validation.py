@@ -1,22 +1,51 @@
-"""Checks on image tensors shared by the feature maps and the distance (one place, one wording)."""
+"""Checks on image tensors shared by the feature maps and the distance (one place, one wording).
+
+Two kinds of checks, with different costs:
+
+* **shape checks** (:func:`check_images`): rank, dtype, channels, layout, size. They read only tensor
+  metadata, so they cost nothing on the device and never break graph capture; they always run.
+* **value checks** (:func:`check_finite_and_range`): NaN/Inf and the value range. They read the data, which is
+  one host synchronisation per call on a GPU and a data-dependent branch that ``torch.compile(fullgraph=True)``,
+  ``torch.export`` and ``torch.func.vmap`` cannot capture. ``MFD(validate_args=False)`` (or
+  ``manifold_feature_distance(..., check_values=False)``) turns them off.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 
 import torch
 from torch import Tensor
 
-__all__ = ["InputRangeWarning", "check_images", "check_finite_and_range"]
+__all__ = ["InputRangeWarning", "check_images", "check_finite_and_range", "warn_at_caller"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 class InputRangeWarning(UserWarning):
     """Inputs look like they are in a different value range than the loss expects."""
 
 
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside mfd-loss and torch: the user's line.
+
+    The stack level is found by walking the frames, so it is right whether the loss was called directly,
+    through ``nn.Module.__call__`` (with or without hooks) or through :func:`mfd_loss.tangent_loss`.
+    """
+    frame, level = sys._getframe(1), 2  # stacklevel 2 is the frame that called this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith((_PACKAGE_DIR, _TORCH_DIR)):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def check_images(x: Tensor, *, channels: int, min_size: int, name: str = "input") -> None:
     """Raise a ValueError unless x is a floating (N, C, H, W) batch the feature map can serve.
+
+    Reads metadata only (no device synchronisation, safe under graph capture).
 
     Args:
         x: the tensor to check.
@@ -50,11 +79,23 @@ def check_images(x: Tensor, *, channels: int, min_size: int, name: str = "input"
                          "(it halves the resolution at each of its pooling stages)")
 
 
-def check_finite_and_range(x: Tensor, *, expected: tuple[float, float], name: str = "input") -> None:
-    """Raise on NaN/Inf; warn (InputRangeWarning) when x clearly uses another convention.
+def check_finite_and_range(x: Tensor, *, expected: tuple[float, float], name: str = "input",
+                           normalize: bool = False) -> str | None:
+    """Raise on NaN/Inf; return a warning message when x clearly uses another value convention.
 
-    One device synchronisation. Slight overshoot of ``expected`` (normal for consistency-model
-    outputs during training) never warns.
+    One device synchronisation (``torch.aminmax``). Slight overshoot of ``expected`` (normal for
+    consistency-model outputs during training) never counts. The message does not embed the batch's values,
+    so Python's default warning filter shows it once per call site; the caller decides whether and where to
+    warn (:class:`~mfd_loss.MFD` warns once per instance, at the user's line).
+
+    Args:
+        x: the tensor to check.
+        expected: (low, high) range the loss takes.
+        name: how the tensor is called in the message.
+        normalize: the caller declared [0, 1] inputs with ``normalize=True`` (changes the advice given).
+
+    Returns:
+        None when the range looks right, else the text of an :class:`InputRangeWarning`.
 
     Raises:
         ValueError: x contains NaN or Inf.
@@ -65,21 +106,19 @@ def check_finite_and_range(x: Tensor, *, expected: tuple[float, float], name: st
                          "torch.isfinite(x).all()) before computing the loss")
     exp_lo, exp_hi = expected
     span = exp_hi - exp_lo
+    declared = f"[{exp_lo:g}, {exp_hi:g}] is expected"
     if hi > exp_hi + 4 * span and lo >= exp_lo - 0.1 * span:
-        warnings.warn(
-            f"{name} spans [{lo:.3g}, {hi:.3g}], which looks like 8-bit data in [0, 255], but "
-            f"[{exp_lo:g}, {exp_hi:g}] is expected; convert with x / 127.5 - 1 (or x / 255 with normalize=True)",
-            InputRangeWarning, stacklevel=3,
-        )
-    elif exp_lo < 0 and lo >= 0 and hi <= 1.0 and hi - lo > 0.05:
-        warnings.warn(
-            f"{name} spans [{lo:.3g}, {hi:.3g}], which looks like data in [0, 1], but [{exp_lo:g}, {exp_hi:g}] "
-            "is expected; pass normalize=True or convert with x * 2 - 1",
-            InputRangeWarning, stacklevel=3,
-        )
-    elif exp_lo >= 0 and lo < exp_lo - 0.25 * span:
-        warnings.warn(
-            f"{name} spans [{lo:.3g}, {hi:.3g}], which looks like data in [-1, 1], but normalize=True "
-            f"declares [{exp_lo:g}, {exp_hi:g}]; drop normalize=True",
-            InputRangeWarning, stacklevel=3,
-        )
+        fix = ("x / 255 with normalize=True" if normalize else "x / 127.5 - 1 (or x / 255 with normalize=True)"
+               if (exp_lo, exp_hi) == (-1.0, 1.0) else f"a rescaling to [{exp_lo:g}, {exp_hi:g}]")
+        return f"{name} looks like 8-bit data in [0, 255], but {declared}; convert with {fix}"
+    if exp_lo < 0 and lo >= 0 and hi <= 1.0 and hi - lo > 0.05:
+        return (f"{name} looks like data in [0, 1], but {declared}; "
+                + ("pass normalize=True or convert with x * 2 - 1" if (exp_lo, exp_hi) == (-1.0, 1.0)
+                   else f"rescale to [{exp_lo:g}, {exp_hi:g}]"))
+    if normalize and lo < exp_lo - 0.25 * span:
+        return f"{name} looks like data in [-1, 1], but normalize=True declares [0, 1]; drop normalize=True"
+    if hi > exp_hi + span or lo < exp_lo - span:
+        return (f"{name} reaches far outside the range the feature map was trained on ({declared}); raw latents "
+                "or unscaled data? Scale them as the map's training data were (its config.json records the "
+                "training data_range)")
+    return None

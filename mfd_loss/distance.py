@@ -14,34 +14,67 @@ fp16/bf16 and autocast, where eps^2 = 1e-10 would underflow.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_finite_and_range, check_images
+from ._validation import InputRangeWarning, check_finite_and_range, check_images, warn_at_caller
 
-__all__ = ["DISTANCES", "EPS", "manifold_feature_distance", "reduce"]
+__all__ = ["DISTANCES", "RESIZE_MODES", "EPS", "manifold_feature_distance", "reduce"]
 
 DISTANCES = ("group", "squared")
 REDUCTIONS = ("none", "mean", "sum")
 EPS = 1e-5
 
 
-def _check_pair(feature_map: nn.Module, prediction: Tensor, target: Tensor, weight: Tensor | None) -> None:
+RESIZE_MODES = (None, "antialias", "tiles")
+
+
+def check_pair(feature_map: nn.Module, prediction: Tensor, target: Tensor, weight: Tensor | None,
+               resize: str | None) -> None:
+    """The shape, device and weight checks of a call (metadata only: no device synchronisation)."""
     config = feature_map.config
+    min_size = getattr(feature_map, "min_size", 1) if resize is None else 1
     for name, x in (("prediction", prediction), ("target", target)):
-        check_images(x, channels=config.in_channels, min_size=getattr(feature_map, "min_size", 1), name=name)
+        check_images(x, channels=config.in_channels, min_size=min_size, name=name)
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} must have the same shape")
-    size = tuple(prediction.shape[-2:])
-    if size != tuple(config.resolution):
-        h, w = config.resolution
-        raise ValueError(
-            f"this feature map was trained on {h}x{w} images and inputs are {size[0]}x{size[1]}; features at other "
-            f"sizes are out of distribution. Resize first, e.g. torch.nn.functional.interpolate(x, size=({h}, {w}), "
-            "mode='bilinear', antialias=True), or train a feature map at your resolution (mfd-loss train)"
-        )
+    if prediction.device != target.device:
+        raise ValueError(f"prediction is on {prediction.device} but target is on {target.device}; move both to one "
+                         "device")
+    size, (h, w) = tuple(prediction.shape[-2:]), config.resolution
+    if size != (h, w):
+        if resize is None:
+            raise ValueError(
+                f"this feature map was trained on {h}x{w} images and inputs are {size[0]}x{size[1]}; features at "
+                f"other sizes are out of distribution. Opt in to serving other sizes with resize='tiles' (the map "
+                f"applied to non-overlapping {h}x{w} tiles, recommended when the size is a multiple of {h}x{w}) or "
+                f"resize='antialias' (inputs resized to {h}x{w}; any size), see docs/api.md, or train a feature map "
+                "at your resolution (mfd-loss train)"
+            )
+        if resize == "tiles" and (size[0] % h or size[1] % w):
+            raise ValueError(f"resize='tiles' needs a size that is a multiple of the map's {h}x{w}, got "
+                             f"{size[0]}x{size[1]}; crop or pad to a multiple, or use resize='antialias'")
     if weight is not None and (not isinstance(weight, Tensor) or weight.shape != prediction.shape[:1]):
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a tensor of shape (N,) = ({prediction.shape[0]},), got {shape}")
+    parameter = next(feature_map.parameters(), None)
+    if parameter is not None and parameter.device != prediction.device:
+        raise ValueError(f"the feature map is on {parameter.device} but the inputs are on {prediction.device}; move "
+                         f"the map with feature_map.to({str(prediction.device)!r}) (the MFD module does this by "
+                         "itself on its first call)")
+
+
+def _to_resolution(x: Tensor, resolution: tuple[int, int], resize: str | None) -> Tensor:
+    """x at the map's resolution: unchanged, resized (antialiased bilinear), or cut into (N * T) tiles."""
+    if tuple(x.shape[-2:]) == resolution or resize is None:
+        return x
+    if resize == "antialias":
+        out = F.interpolate(x.float(), size=resolution, mode="bilinear", align_corners=False, antialias=True)
+        return out.to(x.dtype)
+    n, c, height, width = x.shape
+    h, w = resolution
+    tiles = x.reshape(n, c, height // h, h, width // w, w).permute(0, 2, 4, 1, 3, 5)
+    return tiles.reshape(-1, c, h, w)
 
 
 def reduce(values: Tensor, reduction: str) -> Tensor:
@@ -70,11 +103,13 @@ def manifold_feature_distance(
     distance: str = "group",
     weight: Tensor | None = None,
     reduction: str = "none",
-    check_range: bool = True,
+    resize: str | None = None,
+    check_values: bool = True,
 ) -> Tensor:
     """MFD between two image batches under a (frozen) feature map.
 
     The target's features are computed once, without autograd, unless the target itself requires grad.
+    The feature map must be on the inputs' device (:class:`~mfd_loss.MFD` moves its map there by itself).
 
     Args:
         feature_map: a feature map (e.g. :class:`~mfd_loss.VGGFeatureMap`) in eval mode; must expose
@@ -85,14 +120,24 @@ def manifold_feature_distance(
         distance: ``"group"`` (default, the authors' group-L2 form) or ``"squared"``.
         weight: optional (N,) per-sample weights multiplied in before the reduction.
         reduction: ``"none"`` -> (N,), ``"mean"`` or ``"sum"`` -> scalar.
-        check_range: raise on NaN/Inf and warn about inputs in another range (one device sync).
+        resize: inputs whose size differs from the map's ``config.resolution``: None (default) raises;
+            ``"tiles"`` cuts both into non-overlapping tiles of the map's size (H and W must be multiples of it)
+            and averages the tiles' distances (recommended: it kept the map's tangent alignment at 64 and 128 px,
+            see ``benchmarks/results/resolution-cpu.md``); ``"antialias"`` resizes both to the map's resolution
+            (bilinear, antialiased; any size, but blind to detail finer than the map's resolution).
+        check_values: raise on NaN/Inf and warn (:class:`~mfd_loss.InputRangeWarning`) about inputs clearly in
+            another range than ``config.input_range``. Costs one host synchronisation and prevents
+            ``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.func.vmap`` from capturing the call;
+            False skips it (shape checks always run). Under Python's default warning filter the warning shows
+            once per call site (its text does not depend on the batch).
 
     Returns:
         float32 tensor of shape (N,) or a scalar; values >= 0, 0 when prediction == target.
 
     Raises:
         ValueError: wrong rank, channel count (including NHWC layout), size other than the map's
-            resolution, shape mismatch, bad weight shape, NaN/Inf, unknown distance or reduction.
+            resolution (without ``resize``), shape mismatch, bad weight shape, NaN/Inf, inputs and map on
+            different devices, unknown distance, reduction or resize mode.
 
     Examples:
         >>> from mfd_loss import VGGFeatureMap, FeatureMapConfig
@@ -111,18 +156,27 @@ def manifold_feature_distance(
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    _check_pair(feature_map, prediction, target, weight)
-    if check_range:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    check_pair(feature_map, prediction, target, weight, resize)
+    if check_values:
         expected = tuple(feature_map.config.input_range)
-        check_finite_and_range(prediction, expected=expected, name="prediction")
-        check_finite_and_range(target, expected=expected, name="target")
-    if not torch.is_autocast_enabled(prediction.device.type):
+        messages = [check_finite_and_range(x, expected=expected, name=name)
+                    for name, x in (("prediction", prediction), ("target", target))]
+        message = next((m for m in messages if m is not None), None)
+        if message is not None:
+            warn_at_caller(message, InputRangeWarning)
+    n, resolution = prediction.shape[0], tuple(feature_map.config.resolution)
+    prediction, target = _to_resolution(prediction, resolution, resize), _to_resolution(target, resolution, resize)
+    if prediction.device.type == "meta" or not torch.is_autocast_enabled(prediction.device.type):
         dtype = next(feature_map.parameters()).dtype
         prediction, target = prediction.to(dtype), target.to(dtype)
     with torch.set_grad_enabled(torch.is_grad_enabled() and target.requires_grad):
         target_taps = feature_map(target)
     prediction_taps = feature_map(prediction)
     values = sum(_tap_distance(a, b, distance) for a, b in zip(prediction_taps, target_taps))
+    if values.shape[0] != n:  # resize="tiles": the mean over each sample's tiles
+        values = values.view(n, -1).mean(1)
     if weight is not None:
         values = values * weight.to(values)
     return reduce(values, reduction)

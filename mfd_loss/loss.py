@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_finite_and_range
-from .distance import DISTANCES, REDUCTIONS, manifold_feature_distance
+from ._validation import InputRangeWarning, check_finite_and_range, warn_at_caller
+from .distance import DISTANCES, REDUCTIONS, RESIZE_MODES, check_pair, manifold_feature_distance
 from .hub import LossHubMixin
 from .pretrained import load_pretrained
 
@@ -36,10 +36,23 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
             (the squared feature distance written in the paper's prose).
         normalize: True when inputs are in [0, 1] (they are mapped to [-1, 1]); default False: [-1, 1].
         reduction: ``"none"`` (default) -> shape (N,); ``"mean"`` / ``"sum"`` -> scalar.
+        resize: serving sizes other than the map's resolution is an explicit opt-in. None (default): other sizes
+            raise. ``"tiles"`` (recommended when H and W are multiples of the map's size): the map runs on the
+            non-overlapping tiles of its own size and the tiles' distances are averaged; it kept the trained map's
+            tangent alignment at 64 and 128 px (``benchmarks/resolution.py``), at T times the compute for T tiles.
+            ``"antialias"``: both inputs are resized to the map's resolution (bilinear, antialiased) first; any
+            size, the cost of one native call, but blind to detail finer than the map's resolution and less
+            aligned in that measurement.
+        validate_args: check input values on every call: NaN/Inf raise, inputs clearly in another range warn.
+            This costs one host synchronisation per call; with False (shape checks still run) the call has no
+            data-dependent branch, so ``torch.compile(fullgraph=True)``, ``torch.export`` and
+            ``torch.func.vmap`` capture it (as torchmetrics' ``validate_args``).
 
     Shape:
         prediction, target: (N, C, H, W) with C and (H, W) those of the feature map (3 and 32x32 for
-        ``"cifar10"``). Output: (N,) float32, or a scalar.
+        ``"cifar10"``; other sizes with ``resize``). Values in [-1, 1] ([0, 1] with ``normalize=True``; a map
+        trained on other float data, e.g. latents, takes the range recorded as ``config.data_range``).
+        Output: (N,) float32, or a scalar.
 
     Raises:
         ValueError: unknown ``distance``/``reduction``; both or neither of ``pretrained``/``feature_map``;
@@ -49,7 +62,12 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
     Warns:
         InputRangeWarning: inputs clearly in [0, 1] or [0, 255] while [-1, 1] is expected (or the reverse
-            with ``normalize=True``). Slight overshoot never warns.
+            with ``normalize=True``), or far outside the map's range (e.g. raw latents). Slight overshoot never
+            warns. Shown once per instance, at the caller's line.
+
+    Device: the module follows ``.to(device)``; when called with inputs on another device (a loss held by an
+    object that is not an ``nn.Module``, such as openai/consistency_models' ``KarrasDenoiser``), it moves its
+    feature map to the inputs' device on that first call, and later calls pay nothing.
 
     Examples:
         >>> from mfd_loss import MFD, VGGFeatureMap, FeatureMapConfig
@@ -70,6 +88,9 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         distance: str = "group",
         normalize: bool = False,
         reduction: str = "none",
+        *,
+        resize: str | None = None,
+        validate_args: bool = True,
     ):
         super().__init__()
         if distance not in DISTANCES:
@@ -95,6 +116,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         self.distance = distance
         self.normalize = bool(normalize)
         self.reduction = reduction
+        self._init_call_contract(resize, validate_args)
 
     def train(self, mode: bool = True) -> "ManifoldFeatureDistance":
         """Set this module's mode; the feature map stays in eval mode whatever ``mode`` is."""
@@ -102,8 +124,29 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         self.feature_map.eval()
         return self
 
+    def _init_call_contract(self, resize: str | None, validate_args: bool) -> None:
+        """Check and store the call-time options (resolution, value checks) and the range the inputs are in."""
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        config = self.feature_map.config
+        network = tuple(config.input_range)
+        data = tuple(getattr(config, "data_range", None) or network)
+        if self.normalize and data != (-1.0, 1.0):
+            raise ValueError(f"normalize=True means inputs in [0, 1] for a map that takes [-1, 1], but this map was "
+                             f"trained on data in {list(data)} (its config's data_range): pass inputs in that range "
+                             "and drop normalize=True")
+        self.resize = resize
+        self.validate_args = bool(validate_args)
+        self._input_range = (0.0, 1.0) if self.normalize else data  # what callers pass
+        self._range_warned = False  # InputRangeWarning is shown once per instance
+
     def forward(self, prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """Distance between prediction and target.
+
+        Inputs in another value range than the map's network range (``normalize=True``: [0, 1]; a map trained
+        on float data: its ``config.data_range``) are mapped linearly onto it first, as in training. On its
+        first call with inputs on another device, the module moves its feature map there (once: later calls
+        on that device cost nothing), so a loss held by an object that is no ``nn.Module`` follows the data.
 
         Args:
             prediction: (N, C, H, W) float; the gradient flows to it.
@@ -112,19 +155,38 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
         Returns:
             float32 (N,) for ``reduction="none"``, else a scalar.
+
+        Raises:
+            ValueError: see the class; with ``validate_args=False`` the NaN/Inf check is skipped.
+
+        Warns:
+            InputRangeWarning: once per instance, attributed to the caller's line.
         """
-        if self.normalize:
+        fmap = self.feature_map
+        if isinstance(prediction, Tensor) and isinstance(target, Tensor) and prediction.device == target.device:
+            parameter = next(fmap.parameters(), None)
+            if parameter is not None and parameter.device != prediction.device:
+                fmap.to(prediction.device)  # once; a Python check on later calls
+        check_pair(fmap, prediction, target, weight, self.resize)
+        if self.validate_args and prediction.device.type != "meta":
             for name, x in (("prediction", prediction), ("target", target)):
-                if isinstance(x, Tensor) and x.is_floating_point():
-                    check_finite_and_range(x, expected=(0.0, 1.0), name=name)
-            prediction, target = prediction * 2 - 1, target * 2 - 1
+                message = check_finite_and_range(x, expected=self._input_range, name=name, normalize=self.normalize)
+                if message is not None and not self._range_warned:
+                    self._range_warned = True
+                    warn_at_caller(message + " (shown once per MFD instance)", InputRangeWarning)
+        network = tuple(fmap.config.input_range)
+        if self._input_range != network:
+            (lo, hi), (net_lo, net_hi) = self._input_range, network
+            scale = (net_hi - net_lo) / (hi - lo)
+            prediction, target = ((x - lo) * scale + net_lo for x in (prediction, target))
         return manifold_feature_distance(
-            self.feature_map, prediction, target, distance=self.distance, weight=weight,
-            reduction=self.reduction, check_range=not self.normalize,
+            fmap, prediction, target, distance=self.distance, weight=weight, reduction=self.reduction,
+            resize=self.resize, check_values=False,
         )
 
     def extra_repr(self) -> str:
-        return f"distance={self.distance!r}, normalize={self.normalize}, reduction={self.reduction!r}"
+        extra = (f", resize={self.resize!r}" if self.resize else "") + ("" if self.validate_args else ", validate_args=False")
+        return f"distance={self.distance!r}, normalize={self.normalize}, reduction={self.reduction!r}{extra}"
 
 
 MFD = ManifoldFeatureDistance

@@ -10,7 +10,9 @@ Notation (METHOD.md Sec. 5): D_t = f_theta(x_t, t) is the prediction (with grad)
       L = mean_b [ w_b * 1/2 * || D_t,b - stopgrad(D_t,b - g^_b) ||^2 ]
 
   so dL / dD_t,b = w_b g^_b / B exactly: ECT's step size (w_b times a unit vector) with the direction taken
-  from the feature distance. Any positive rescaling of d leaves the update unchanged.
+  from the feature distance. Any positive rescaling of d leaves the update unchanged. The paper's L has the
+  constant value w_b / 2; :func:`tangent_loss` returns the same gradient with the value mean_b w_b d_b, so a
+  host that logs "the loss" sees progress. :class:`TangentLoss` is the same as an ``nn.Module``.
 * **Pseudo-Huber** (Song & Dhariwal 2023, "Improved Techniques for Training Consistency Models", iCT, Sec. 3.3):
   sqrt(||x - y||^2 + c^2) - c with c = 0.00054 sqrt(d) (d = C H W); ECT (Geng et al. 2024) uses c = 0, the
   plain L2 norm ||x - y||, whose gradient is a unit vector.
@@ -33,7 +35,8 @@ from torch import Tensor, nn
 from .distance import REDUCTIONS, reduce
 
 __all__ = [
-    "ICT_HUBER_CONSTANT", "DIRECTIONS", "pseudo_huber", "squared_l2", "tangent_loss", "ramp", "blend_losses",
+    "ICT_HUBER_CONSTANT", "DIRECTIONS", "pseudo_huber", "squared_l2", "tangent_loss", "TangentLoss", "ramp",
+    "blend_losses",
     "LPIPSDistance", "ObjectiveOutput", "ConsistencyObjective", "OBJECTIVES", "build_objective",
 ]
 
@@ -136,19 +139,19 @@ def tangent_loss(
     reduction: str = "mean",
     return_distance: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """AYT's direction-replacement loss: a surrogate whose gradient w.r.t. the prediction is w_b g^_b / B.
+    """AYT's direction-replacement loss: value mean_b w_b d_b, gradient w.r.t. the prediction w_b g^_b / B.
 
     Computes g_b = d d(D_t,b, D_r,b) / d D_t,b with ``torch.autograd.grad`` w.r.t. a detached copy of the
     prediction (no graph is kept, and no parameter of the distance receives a gradient or a ``.grad``), then
 
         g^_b = g_b / max(||g_b||_2, eps)   (direction="normalized"; "raw" uses g_b as is)
-        L = reduce_b [ w_b * 1/2 * || D_t,b - stopgrad(D_t,b - g^_b) ||^2 ].
+        L_b = w_b [ stopgrad(d_b) + <D_t,b - stopgrad(D_t,b), g^_b> ],   reduced over b.
 
-    The value is evaluated in the algebraically identical form w_b [ <D_t,b - stopgrad(D_t,b), g^_b> + ||g^_b||^2 / 2 ]
-    (in float32), so the gradient is w_b g^_b exactly, not up to the rounding of D_t - (D_t - g^).
-    With ``reduction="mean"`` the gradient w.r.t. D_t,b is w_b g^_b / B. The value itself (w_b / 2 for
-    nonzero g in the normalized case) carries no information about progress: log the distance instead
-    (``return_distance=True``).
+    The second term is exactly 0 in value (x - x = 0 in floating point) and carries the gradient: dL_b / dD_t,b
+    is w_b g^_b exactly, the gradient of the paper's surrogate w_b 1/2 || D_t,b - stopgrad(D_t,b - g^_b) ||^2,
+    whose value is the constant w_b / 2. The value here is the weighted distance w_b d_b instead, so loss
+    logs, loss quartiles and loss-aware samplers of the host see progress. With ``reduction="mean"`` the
+    gradient w.r.t. D_t,b is w_b g^_b / B.
 
     Args:
         prediction: D_t, (N, ...) float tensor (fp32/fp16/bf16, inside or outside ``torch.autocast``) carrying
@@ -162,10 +165,11 @@ def tangent_loss(
             (the unnormalised feature-distance gradient g_b).
         eps: floor of ||g_b|| in the normalisation (1e-5); where g_b = 0 (prediction == target) the update is 0.
         reduction: ``"mean"`` (default; gradient w_b g^_b / B), ``"sum"`` (w_b g^_b) or ``"none"`` -> (N,).
-        return_distance: also return the distance values d(D_t,b, D_r,b), detached, float32 (N,).
+        return_distance: also return the unweighted distance values d(D_t,b, D_r,b), detached, float32 (N,).
 
     Returns:
-        the loss (scalar, or (N,) for ``reduction="none"``); with ``return_distance``, (loss, distance).
+        float32 loss whose value is the reduced w_b d_b (scalar, or (N,) for ``reduction="none"``); with
+        ``return_distance``, (loss, distance).
 
     Raises:
         ValueError: shape mismatch, bad weight shape, unknown direction/reduction, eps <= 0, a distance_fn that
@@ -175,7 +179,10 @@ def tangent_loss(
         >>> sq = lambda x, y: (x - y).flatten(1).pow(2).sum(1)
         >>> x = torch.zeros(2, 3, 4, 4, requires_grad=True)
         >>> y = torch.ones(2, 3, 4, 4)
-        >>> tangent_loss(x, y, sq, reduction="sum").backward()
+        >>> loss = tangent_loss(x, y, sq, reduction="sum")
+        >>> loss.item()                                   # sum_b d_b = 2 * 48
+        96.0
+        >>> loss.backward()
         >>> x.grad.flatten(1).norm(dim=1)                 # unit step per sample
         tensor([1.0000, 1.0000])
 
@@ -204,11 +211,67 @@ def tangent_loss(
     if direction == "normalized":
         grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(eps)
     flat = prediction.float().flatten(1)
-    values = ((flat - flat.detach()) * grad).sum(1) + 0.5 * grad.pow(2).sum(1)
+    distance = distance.detach().float()
+    values = distance + ((flat - flat.detach()) * grad).sum(1)  # value d_b; gradient g^_b, both exact
     loss = _weighted(values, weight, reduction)
     if return_distance:
-        return loss, distance.detach().float()
+        return loss, distance
     return loss
+
+
+class TangentLoss(nn.Module):
+    """:func:`tangent_loss` as a loss module: ``TangentLoss(distance)(prediction, target, weight=None)``.
+
+    Drops in where a host expects a loss module (Lightning, openai/consistency_models' ``KarrasDenoiser``,
+    ``ConsistencyObjective``): the value is the weighted feature distance mean_b w_b d_b (what to log), the
+    gradient w.r.t. the prediction is AYT's w_b g^_b / B (Kim, Cha & Ye 2025, Sec. 4).
+
+    Adds no parameters of its own; a distance that is an ``nn.Module`` is a submodule (so ``.to(device)``
+    reaches it), and :class:`~mfd_loss.MFD` keeps its frozen feature map out of optimisers.
+
+    Args:
+        distance: per-sample distance (prediction, target) -> (N,), e.g. ``MFD("cifar10")`` (reduction
+            ``"none"``), LPIPS, or a pixel distance.
+        direction: ``"normalized"`` (AYT) or ``"raw"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        eps: floor of ||g_b|| in the normalisation.
+
+    Shape:
+        prediction, target: (N, ...) as the distance takes them; weight: (N,) or None. Output: float32 scalar,
+        or (N,) for ``reduction="none"``.
+
+    Raises:
+        ValueError: unknown direction or reduction, eps <= 0 (at construction); call-time errors of
+            :func:`tangent_loss`.
+
+    Examples:
+        >>> loss_fn = TangentLoss(lambda x, y: (x - y).flatten(1).pow(2).sum(1))
+        >>> x = torch.zeros(2, 3, 4, 4, requires_grad=True)
+        >>> loss = loss_fn(x, torch.ones(2, 3, 4, 4), weight=torch.tensor([1.0, 3.0]))
+        >>> loss.item()                                   # mean(w * 48)
+        96.0
+    """
+
+    def __init__(self, distance: nn.Module | Callable[[Tensor, Tensor], Tensor], *, direction: str = "normalized",
+                 reduction: str = "mean", eps: float = 1e-5):
+        super().__init__()
+        if not callable(distance):
+            raise ValueError(f"distance must be a callable (prediction, target) -> (N,), got {type(distance).__name__}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.distance = distance
+        self.direction, self.reduction, self.eps = direction, reduction, float(eps)
+
+    def forward(self, prediction: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        return tangent_loss(prediction, target, self.distance, weight, direction=self.direction, eps=self.eps,
+                            reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"direction={self.direction!r}, reduction={self.reduction!r}, eps={self.eps:g}"
 
 
 def ramp(step: int, ramp_steps: int) -> float:
@@ -322,7 +385,8 @@ class ConsistencyObjective(nn.Module):
     """A consistency-training loss: ``objective(prediction, target, weight, step) -> ObjectiveOutput``.
 
     Either a pixel loss (``pixel="pseudo-huber"`` or ``"l2"``; loss = mean_b w_b * value_b) or the tangent
-    loss of a feature distance (``distance`` given; optionally blended with ECT's loss).
+    loss of a feature distance (``distance`` given; optionally blended with ECT's loss). In both cases the loss
+    value is mean_b w_b * distance_b (blended: ECT's value plus lambda * ramp * that), so it can be logged.
 
     Args:
         name: label for logs.

@@ -499,6 +499,9 @@ def train_feature_map(
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     arch = _fit_architecture(architecture or FeatureMapConfig(), channels, spec.num_labels, (height, width))
+    if input_range is not None and torch.as_tensor(source[train_idx[0]]).is_floating_point():
+        # float data (e.g. latents) was mapped from input_range onto [-1, 1]: record it, MFD applies it at call time
+        arch = FeatureMapConfig(**{**arch.to_dict(), "data_range": tuple(input_range)})
     perturbations = Perturbations(spec, p=config.p_max)
     ckpt_path = out_dir / CHECKPOINT_NAME
 
@@ -627,8 +630,8 @@ def fp16_relative_change(feature_map: TapFeatureMap, images: Tensor) -> float:
     x = to_model_range(images) if images.dtype == torch.uint8 else images.float()
     y = torch.roll(x, 1, dims=-1)
     with torch.no_grad():
-        exact = manifold_feature_distance(feature_map.eval(), x, y, check_range=False)
-        approx = manifold_feature_distance(rounded.eval(), x, y, check_range=False)
+        exact = manifold_feature_distance(feature_map.eval(), x, y, check_values=False)
+        approx = manifold_feature_distance(rounded.eval(), x, y, check_values=False)
     return float(((approx - exact).abs() / exact).max())
 
 

@@ -24,6 +24,9 @@ PUBLIC = {
     "TrainConfig": "class",
     "train_feature_map": "function",
     "load_sample_images": "function",
+    "tangent_loss": "function",
+    "TangentLoss": "class",
+    "pseudo_huber": "function",
 }
 MODULES = ("consistency", "diagnostics")
 

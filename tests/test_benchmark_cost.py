@@ -64,6 +64,9 @@ def test_smoke_reports_floor_overhead_and_lpips_backbone(smoke):
     assert all(math.isfinite(v) and v > -100 for v in overhead.values())
     assert payload["lpips_backbone"] in ("imagenet", "random (ImageNet weights absent; same compute)")
     assert "overhead over floor" in payload["headline"]
+    checks = payload["summary"]["value_check_cost_pct"]["mfd-cifar10"]  # MFD with and without value checks
+    assert set(checks) == {"32px/b1", "32px/b2"} and all(math.isfinite(v) for v in checks.values())
+    assert "value checks" in payload["headline"]
     # the pixel losses are far cheaper than a network forward+backward: a sanity check on the timing itself
     assert payload["summary"]["time_over_l2"]["mfd-cifar10"]["32px/b2"] > 1
 

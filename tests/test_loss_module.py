@@ -126,7 +126,7 @@ def test_bad_prediction_shapes_and_dtypes(loss_fn, images, make_pred, match):
 
 def test_size_other_than_training_resolution(loss_fn, make_map, images):
     big = torch.nn.functional.interpolate(images[:2], size=(48, 48), mode="bilinear")
-    with pytest.raises(ValueError, match=r"trained on 32x32 images and inputs are 48x48.*interpolate"):
+    with pytest.raises(ValueError, match=r"trained on 32x32 images and inputs are 48x48.*'tiles'.*'antialias'"):
         loss_fn(big, big)
     loss64 = MFD(pretrained=None, feature_map=make_map(resolution=(64, 64)))
     with pytest.raises(ValueError, match=r"trained on 64x64 images and inputs are 32x32"):
@@ -233,3 +233,212 @@ def test_no_warning_for_correct_range_or_slight_overshoot(tiny_map, images):
     assert range_warnings(lambda: unit((over_x + 1) / 2, (over_y + 1) / 2)) == []  # [-0.025, 1.025]
     # and the overshooting input still gives a finite positive value
     assert bool((plain(over_x, over_y) > 0).all())
+
+
+# --------------------------------------------------------------------------------------- call path (issue 11)
+# Warnings once per instance at the caller's line, value checks that can be switched off for graph capture,
+# explicit resizing, the training data range of non-image maps, and devices.
+
+import copy as _copy  # noqa: E402
+import json  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+from mfd_loss import FeatureMapConfig, TrainConfig, VGGFeatureMap, train_feature_map  # noqa: E402
+from mfd_loss.objectives import tangent_loss  # noqa: E402
+
+
+def test_range_warning_once_per_instance_at_callers_line(tiny_map, images):
+    """100 calls on [0, 1] data gave 189 warnings from loss.py; now one, pointing at this file."""
+    loss = MFD(pretrained=None, feature_map=tiny_map)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # no deduplication by Python: the module itself must warn once
+        for i in range(100):
+            loss((images[i % 8:i % 8 + 2] + 1) / 2, (images[8:10] + 1) / 2)
+    hits = [w for w in caught if issubclass(w.category, InputRangeWarning)]
+    assert len(hits) == 1 and "once per MFD instance" in str(hits[0].message)
+    assert hits[0].filename == __file__
+    other = MFD(pretrained=None, feature_map=tiny_map)  # a new instance warns again
+    assert len(range_warnings(lambda: other((images[:2] + 1) / 2, (images[2:4] + 1) / 2))) == 1
+
+
+def test_range_warning_through_a_parent_and_tangent_loss_points_here(tiny_map, images):
+    parent = Parent(tiny_map)
+    caught = range_warnings(lambda: parent((images[:2] + 1) / 2, (images[2:4] + 1) / 2))
+    assert len(caught) == 1 and caught[0].filename == __file__  # Parent.forward's line, in this file
+    loss = MFD(pretrained=None, feature_map=tiny_map)
+    caught = range_warnings(lambda: tangent_loss((images[:2] + 1) / 2, (images[2:4] + 1) / 2, loss))
+    assert len(caught) == 1 and caught[0].filename == __file__
+
+
+def test_functional_range_warning_once_per_call_site(tiny_map, images):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default: once per (message, line)
+        for i in range(50):
+            manifold_feature_distance(tiny_map, (images[i % 8:i % 8 + 2] + 1) / 2, (images[8:10] + 1) / 2)
+    hits = [w for w in caught if issubclass(w.category, InputRangeWarning)]
+    assert len(hits) == 1 and hits[0].filename == __file__
+
+
+def test_validate_args_off_skips_value_checks_only(tiny_map, images):
+    loss = MFD(pretrained=None, feature_map=tiny_map, validate_args=False)
+    x = images[:2].clone()
+    x[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(loss(x, images[2:4])[0])  # no check: NaN propagates instead of raising
+    assert range_warnings(lambda: loss((images[:2] + 1) / 2, (images[2:4] + 1) / 2)) == []
+    with pytest.raises(ValueError, match="channels-last"):  # shape checks always run
+        loss(images[:2].permute(0, 2, 3, 1), images[2:4].permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="same shape"):
+        loss(images[:2], images[2:5])
+    assert "validate_args=False" in repr(loss)
+
+
+@pytest.fixture(scope="module")
+def capture_case():
+    """MFD without value checks on a VGG11 map at 1/4 width, inputs and the eager result."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fmap = VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.25))
+        g = torch.Generator().manual_seed(0)
+        x, y = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    loss = MFD(pretrained=None, feature_map=fmap, validate_args=False)
+    return loss, x, y
+
+
+def _value_and_grad(fn, x, y):
+    probe = x.clone().requires_grad_(True)
+    value = fn(probe, y)
+    (grad,) = torch.autograd.grad(value.sum(), probe)
+    return value.detach(), grad
+
+
+def test_compile_fullgraph_matches_eager(capture_case):
+    loss, x, y = capture_case
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")  # capture only; inductor: the slow test
+    value, grad = _value_and_grad(compiled, x, y)
+    ref_value, ref_grad = _value_and_grad(loss, x, y)
+    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    checked = MFD(pretrained=None, feature_map=loss.feature_map)  # the value checks cannot be captured
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="(?i)data-dependent|item|graph break|guard"):
+        torch.compile(checked, fullgraph=True, backend="aot_eager")(x, y)
+
+
+@pytest.mark.slow
+def test_compile_inductor_fullgraph_matches_eager(capture_case):
+    loss, x, y = capture_case
+    torch._dynamo.reset()
+    value = torch.compile(loss, fullgraph=True)(x, y)
+    torch.testing.assert_close(value, loss(x, y), rtol=1e-4, atol=1e-5)
+
+
+def test_export_matches_eager(capture_case):
+    loss, x, y = capture_case
+    program = torch.export.export(loss, (x, y))
+    torch.testing.assert_close(program.module()(x, y), loss(x, y), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(program.module()(y, x), loss(y, x), rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_matches_eager(capture_case):
+    loss, x, y = capture_case
+    xs, ys = torch.stack([x, x.flip(-1), y]), torch.stack([y, y, x])
+    batched = torch.func.vmap(loss)(xs, ys)
+    expected = torch.stack([loss(a, b) for a, b in zip(xs, ys)])
+    torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-6)
+
+
+# resolution
+
+
+def test_resize_antialias_equals_resizing_first(tiny_map, images):
+    big = F.interpolate(images[:3], size=(96, 96), mode="bicubic", align_corners=False).clamp(-1, 1)
+    target = big.flip(-1)
+    loss = MFD(pretrained=None, feature_map=tiny_map, resize="antialias")
+    down = lambda x: F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)  # noqa
+    torch.testing.assert_close(loss(big, target), manifold_feature_distance(tiny_map, down(big), down(target)))
+    small = images[:2, :, :20, :20]  # smaller than the map's minimum: upsampled
+    assert loss(small, small.flip(-1)).shape == (2,)
+    x = big.clone().requires_grad_(True)
+    loss(x, target).sum().backward()
+    assert x.grad.shape == big.shape and x.grad.abs().sum() > 0
+
+
+def test_resize_tiles_averages_tile_distances(tiny_map, images):
+    x = torch.cat([torch.cat([images[0:2], images[2:4]], -1), torch.cat([images[4:6], images[6:8]], -1)], -2)
+    y = torch.cat([torch.cat([images[8:10], images[10:12]], -1), torch.cat([images[12:14], images[14:16]], -1)], -2)
+    assert x.shape == (2, 3, 64, 64)
+    loss = MFD(pretrained=None, feature_map=tiny_map, resize="tiles")
+    tiles = [manifold_feature_distance(tiny_map, images[i:i + 2], images[i + 8:i + 10]) for i in (0, 2, 4, 6)]
+    torch.testing.assert_close(loss(x, y), torch.stack(tiles).mean(0))
+    torch.testing.assert_close(loss(images[:2], images[8:10]), tiles[0])  # native size: unchanged
+    with pytest.raises(ValueError, match=r"multiple of the map's 32x32, got 48x64.*antialias"):
+        loss(x[:, :, :48], y[:, :, :48])
+    with pytest.raises(ValueError, match=r"resize must be one of"):
+        MFD(pretrained=None, feature_map=tiny_map, resize="bilinear")
+
+
+# training data range (latents)
+
+
+def test_data_range_is_applied_and_checked(make_map, images):
+    latent_map = make_map(seed=6, in_channels=4, data_range=(-4, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(4, 4, 32, 32, generator=g).clamp(-4, 4) * 1.5  # "latents" in about [-4, 4]
+    raw_y = raw + 0.3 * torch.randn(4, 4, 32, 32, generator=g)
+    loss = MFD(pretrained=None, feature_map=latent_map)
+    torch.testing.assert_close(loss(raw, raw_y), manifold_feature_distance(latent_map, raw / 4, raw_y / 4))
+    assert range_warnings(lambda: loss(raw, raw_y)) == []
+    # the same latents to a map that declares no data range: warned, not silently accepted
+    plain = MFD(pretrained=None, feature_map=make_map(seed=6, in_channels=4))
+    caught = range_warnings(lambda: plain(raw, raw_y))
+    assert len(caught) == 1 and "far outside" in str(caught[0].message)
+    with pytest.raises(ValueError, match=r"trained on data in \[-4.0, 4.0\].*drop normalize=True"):
+        MFD(pretrained=None, feature_map=latent_map, normalize=True)
+    with pytest.raises(ValueError, match="data_range"):
+        FeatureMapConfig(data_range=(1.0, -1.0))
+
+
+def test_trained_latent_map_records_and_applies_its_range(tmp_path):
+    """End to end: a map trained on float data in [-4, 4] records the range; MFD then takes raw latents."""
+    g = torch.Generator().manual_seed(0)
+    latents = (torch.rand(16, 4, 32, 32, generator=g) * 8 - 4)
+    config = TrainConfig(steps=2, batch_size=4, eval_every=0, eval_size=4, eval_fraction=0.0, checkpoint_every=2)
+    model, summary = train_feature_map(latents, tmp_path, config=config, input_range=(-4, 4), progress=False,
+                                       architecture=FeatureMapConfig(arch="vgg11", width=0.125))
+    assert summary["finished"]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architecture"]["data_range"] == [-4.0, 4.0]
+    loss = MFD(pretrained=str(tmp_path))
+    assert loss.feature_map.config.data_range == (-4.0, 4.0)
+    x, y = latents[:2], latents[2:4]
+    torch.testing.assert_close(loss(x, y), manifold_feature_distance(loss.feature_map, x / 4, y / 4))
+    assert range_warnings(lambda: loss(x, y)) == []
+
+
+# devices
+
+
+def test_follows_the_inputs_device_once(tiny_map):
+    """A loss held by a non-Module host (KarrasDenoiser) is never moved by .to(); it follows its inputs."""
+    loss = MFD(pretrained=None, feature_map=tiny_map)
+    moves = []
+    original = loss.feature_map.to
+    loss.feature_map.to = lambda *a, **k: (moves.append(a), original(*a, **k))[1]
+    x, y = torch.zeros(2, 3, 32, 32, device="meta"), torch.zeros(2, 3, 32, 32, device="meta")
+    for _ in range(3):
+        out = loss(x, y)
+        assert out.device.type == "meta" and out.shape == (2,)
+    assert len(moves) == 1  # moved on the first call only
+    assert all(p.device.type == "meta" for p in loss.feature_map.parameters())
+    assert next(tiny_map.parameters()).device.type == "cpu"  # the caller's map is untouched
+
+
+def test_device_mismatch_errors_name_both_devices(tiny_map, images):
+    meta_map = _copy.deepcopy(tiny_map).to("meta")
+    with pytest.raises(ValueError, match=r"feature map is on meta but the inputs are on cpu.*feature_map.to\('cpu'\)"):
+        manifold_feature_distance(meta_map, images[:2], images[2:4])
+    loss = MFD(pretrained=None, feature_map=tiny_map)
+    with pytest.raises(ValueError, match=r"prediction is on cpu but target is on meta"):
+        loss(images[:2], torch.zeros(2, 3, 32, 32, device="meta"))

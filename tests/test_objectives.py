@@ -11,8 +11,8 @@ from torch import nn
 
 from mfd_loss import MFD, FeatureMapConfig, VGGFeatureMap
 from mfd_loss.objectives import (
-    ICT_HUBER_CONSTANT, OBJECTIVES, ConsistencyObjective, blend_losses, build_objective, pseudo_huber, ramp,
-    squared_l2, tangent_loss,
+    ICT_HUBER_CONSTANT, OBJECTIVES, ConsistencyObjective, TangentLoss, blend_losses, build_objective, pseudo_huber,
+    ramp, squared_l2, tangent_loss,
 )
 
 
@@ -114,7 +114,7 @@ class TestTangentGradient:
         loss = loss + tangent_loss(x, target, mfd, weight)
         loss.backward()
         assert all(p.grad is None for p in probe.parameters())
-        assert all(p.grad is None and not p.requires_grad for p in mfd.parameters())
+        assert all(p.grad is None and not p.requires_grad for p in mfd.feature_map.parameters())
         assert x.grad is not None
 
     def test_target_gets_no_gradient(self, mfd, pair):
@@ -136,15 +136,31 @@ class TestTangentGradient:
         prediction, target, weight = pair
         values, distance = tangent_loss(prediction.clone().requires_grad_(True), target, mfd, weight,
                                         reduction="none", return_distance=True)
-        torch.testing.assert_close(values, 0.5 * weight)  # w_b * ||g^||^2 / 2 with a unit direction
         torch.testing.assert_close(distance, mfd(prediction, target))
+        assert torch.equal(values.detach(), weight * distance)  # the weighted distance, exactly
         assert not distance.requires_grad
+
+    @pytest.mark.parametrize("direction", ["normalized", "raw"])
+    def test_value_is_weighted_distance_and_tracks_progress(self, mfd, pair, direction):
+        """The logged value equals mean_b w_b d_b and falls as the prediction approaches the target (it was the
+        constant w_b / 2 before)."""
+        prediction, target, weight = pair
+        values = []
+        for alpha in (1.0, 0.5, 0.1, 0.0):
+            x = (target + alpha * (prediction - target)).requires_grad_(True)
+            loss = tangent_loss(x, target, mfd, weight, direction=direction)
+            torch.testing.assert_close(loss, (weight * mfd(x.detach(), target)).mean(), rtol=1e-6, atol=0.0)
+            values.append(loss.item())
+        assert values[0] > values[1] > values[2] > values[3] == 0.0
+        sq = lambda a, b: (a - b).flatten(1).pow(2).sum(1)  # noqa: E731
+        assert tangent_loss(prediction, target, sq, reduction="sum").item() == pytest.approx(
+            float(sq(prediction, target).sum()), rel=1e-6)
 
     def test_works_under_no_grad(self, mfd, pair):
         prediction, target, weight = pair
         with torch.no_grad():
             values, distance = tangent_loss(prediction, target, mfd, weight, reduction="none", return_distance=True)
-        torch.testing.assert_close(values, 0.5 * weight)
+        torch.testing.assert_close(values, weight * mfd(prediction, target))
         torch.testing.assert_close(distance, mfd(prediction, target))
 
     def test_errors(self, mfd, pair):
@@ -159,6 +175,45 @@ class TestTangentGradient:
             tangent_loss(prediction, target[:2], mfd)
         with pytest.raises(ValueError, match="differentiably"):
             tangent_loss(prediction, target, lambda a, b: (a - b).detach().flatten(1).sum(1))
+
+
+class TestTangentLossModule:
+    def test_same_value_and_gradient_as_the_function(self, mfd, pair):
+        prediction, target, weight = pair
+        module = TangentLoss(mfd)
+        a = prediction.clone().requires_grad_(True)
+        value = module(a, target, weight)
+        value.backward()
+        b = prediction.clone().requires_grad_(True)
+        tangent_loss(b, target, mfd, weight).backward()
+        assert torch.equal(a.grad, b.grad)
+        torch.testing.assert_close(value, (weight * mfd(prediction, target)).mean())
+        torch.testing.assert_close(a.grad.flatten(1).norm(dim=1), weight / 4)  # w_b / B
+        c = prediction.clone().requires_grad_(True)
+        TangentLoss(mfd, direction="raw", reduction="sum")(c, target).backward()
+        torch.testing.assert_close(c.grad, _input_grad(mfd, prediction, target), rtol=1e-6, atol=1e-9)
+        assert TangentLoss(mfd, reduction="none")(prediction, target).shape == (4,)
+
+    def test_adds_no_trainable_parameters(self, mfd, pair):
+        """A host optimiser over a parent holding TangentLoss gets only the host's own parameters."""
+        parent = nn.Module()
+        parent.net = nn.Conv2d(3, 3, 1)
+        parent.loss = TangentLoss(mfd)
+        trainable = [p for p in parent.parameters() if p.requires_grad]
+        assert len(trainable) == 2 and all(p is q for p, q in zip(trainable, parent.net.parameters()))
+        assert not any(p.requires_grad for p in parent.loss.distance.feature_map.parameters())
+        plain = TangentLoss(lambda a, b: (a - b).flatten(1).abs().sum(1))
+        assert list(plain.parameters()) == [] and "direction='normalized'" in repr(plain)
+
+    def test_errors(self, mfd):
+        with pytest.raises(ValueError, match="direction"):
+            TangentLoss(mfd, direction="unit")
+        with pytest.raises(ValueError, match="reduction"):
+            TangentLoss(mfd, reduction="avg")
+        with pytest.raises(ValueError, match="eps"):
+            TangentLoss(mfd, eps=0.0)
+        with pytest.raises(ValueError, match="callable"):
+            TangentLoss("mfd")
 
 
 class TestPseudoHuber:
@@ -215,6 +270,14 @@ class TestBlendAndRegistry:
         tangent = weight[:, None, None, None] * _unit(_input_grad(mfd, prediction, target)) / 4
         torch.testing.assert_close(x.grad, ect + 2.0 * 0.5 * tangent, rtol=1e-5, atol=1e-8)
 
+    def test_mfd_objective_logs_the_weighted_distance(self, mfd, pair):
+        prediction, target, weight = pair
+        objective = ConsistencyObjective("mfd", distance=mfd)
+        far = objective(prediction.clone().requires_grad_(True), target, weight)
+        torch.testing.assert_close(far.loss, (weight * far.distance).mean())
+        near = objective((target + 0.1 * (prediction - target)).requires_grad_(True), target, weight)
+        assert near.loss.item() < far.loss.item()
+
     def test_names(self):
         assert set(OBJECTIVES) == {"mfd", "lpips", "pseudo-huber", "l2"}
         with pytest.raises(ValueError, match="unknown objective"):
@@ -238,7 +301,7 @@ class TestBlendAndRegistry:
         prediction, target, weight = pair
         out = objective(prediction.clone().requires_grad_(True), target, weight)
         torch.testing.assert_close(out.distance, mfd(prediction, target))
-        assert list(objective.parameters()) and not any(p.requires_grad for p in objective.parameters())
+        assert not any(p.requires_grad for p in objective.parameters())  # the frozen map is no optimiser's
 
     def test_lpips_without_backbone_weights_is_clear(self):
         pytest.importorskip("lpips")

@@ -51,8 +51,11 @@ class FeatureMapConfig:
         in_channels: C of the input (3 RGB, 1 grayscale, 4+ latents).
         num_labels: K, the number of regression outputs (15 for the full perturbation set).
         resolution: (H, W) the map was trained at; the distance refuses other sizes.
-        input_range: (low, high) value range the map takes, [-1, 1] by default.
+        input_range: (low, high) value range the network itself takes, [-1, 1] by default.
         num_stages: stages kept (each ends in a tap); None = as many as ``resolution`` allows.
+        data_range: (low, high) range of the float data the map was trained from (``mfd-loss train
+            --input-range``), which training mapped linearly onto ``input_range``; :class:`~mfd_loss.MFD` takes
+            inputs in this range and applies the same mapping. None (images, uint8 data): inputs in ``input_range``.
 
     Raises:
         ValueError: unknown arch, non-positive width/channels/labels, or a resolution too small.
@@ -65,6 +68,7 @@ class FeatureMapConfig:
     resolution: tuple[int, int] = (32, 32)
     input_range: tuple[float, float] = (-1.0, 1.0)
     num_stages: int | None = None
+    data_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in VGG_PLANS and self.arch not in RESNET_PLANS:
@@ -76,6 +80,10 @@ class FeatureMapConfig:
             raise ValueError("in_channels and num_labels must be at least 1")
         object.__setattr__(self, "resolution", tuple(int(v) for v in self.resolution))
         object.__setattr__(self, "input_range", tuple(float(v) for v in self.input_range))
+        if self.data_range is not None:
+            object.__setattr__(self, "data_range", tuple(float(v) for v in self.data_range))
+            if len(self.data_range) != 2 or not self.data_range[0] < self.data_range[1]:
+                raise ValueError(f"data_range must be (low, high) with low < high, got {self.data_range}")
         stages = default_num_stages(self.arch, self.resolution) if self.num_stages is None else int(self.num_stages)
         if not 1 <= stages <= max_stages(self.arch):
             raise ValueError(f"{self.arch} has 1 to {max_stages(self.arch)} stages, got num_stages={stages}")
@@ -93,6 +101,10 @@ class FeatureMapConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["resolution"], d["input_range"] = list(self.resolution), list(self.input_range)
+        if self.data_range is None:
+            del d["data_range"]  # files of maps trained on images stay as they were
+        else:
+            d["data_range"] = list(self.data_range)
         return d
 
     @classmethod

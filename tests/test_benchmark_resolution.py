@@ -1,0 +1,49 @@
+"""benchmarks/resolution.py in its --smoke mode: every loss and mode measured, fractions valid, files written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("skimage", reason="the resolution benchmark crops scikit-image's photographs: pip install scikit-image")
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "resolution.py"
+
+
+@pytest.fixture(scope="module")
+def resolution():
+    spec = importlib.util.spec_from_file_location("benchmark_resolution", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run(resolution, tmp_path):
+    out = tmp_path / "resolution.json"
+    payload = resolution.main(["--smoke", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["fractions"] == payload["fractions"] and saved["environment"]["device"] == "cpu"
+    rows = saved["fractions"]
+    for mode in resolution.MODES:
+        for label in ("cifar10", "random init"):
+            cells = rows[f"MFD {label}, resize={mode!r}"]
+            assert set(cells) == {"64 px, t = 5"}
+            assert all(0.0 <= c["mean"] <= 1.0 and math.isfinite(c["sem"]) for c in cells.values())
+    assert all(c["mean"] == pytest.approx(0.5, abs=1e-6) for c in rows["pixel L2"].values())  # by construction
+    text = out.with_suffix(".md").read_text()
+    assert "| MFD cifar10, resize='tiles' |" in text and "| pixel L2 |" in text
+
+
+def test_crops_are_in_range_and_sized(resolution):
+    import torch
+
+    photos = resolution.photographs()
+    crops = resolution.random_crops(photos, 3, 64, torch.Generator().manual_seed(0))
+    assert crops.shape == (3, 3, 64, 64) and crops.min() >= -1 and crops.max() <= 1
+    assert crops.std() > 0.05  # real image content, not a constant
