@@ -115,7 +115,7 @@ def random_map_like(loss: MFD, seed: int) -> MFD:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fmap = build_feature_map(loss.feature_map.config)
-    return MFD(pretrained=None, feature_map=fmap).to(next(loss.parameters()).device)
+    return MFD(pretrained=None, feature_map=fmap).to(next(loss.feature_map.parameters()).device)
 
 
 def with_distance(loss: MFD, distance: str) -> MFD:

@@ -89,7 +89,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub import push_folder
+    from .hub_publish import push_folder
     from .serialization import WEIGHTS_NAME, sha256_file
 
     info = push_folder(args.dir, args.repo_id, token=args.token, private=True if args.private else None,

@@ -3,26 +3,75 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
-from typing import Any
+import warnings
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ._validation import InputRangeWarning, check_finite_and_range, warn_at_caller
 from .distance import DISTANCES, REDUCTIONS, RESIZE_MODES, check_pair, manifold_feature_distance
-from .hub import LossHubMixin
-from .pretrained import load_pretrained
+from .hub_mixin import LossHubMixin
+from .pretrained import LoadedPretrained, PretrainedReference, open_pretrained
+from .serialization import check_finite_weights
 
 __all__ = ["ManifoldFeatureDistance", "MFD"]
+
+
+class _DefaultName(str):
+    """The default ``pretrained="cifar10"``: equal to that string, but told apart from a name the caller passed
+    (so ``MFD(feature_map=fm)`` works while ``MFD(pretrained="cifar10", feature_map=fm)`` is an error)."""
+
+
+_DEFAULT_PRETRAINED = _DefaultName("cifar10")
+
+
+class _FrozenMap:
+    """Holds the feature map out of ``nn.Module``'s registry, so that no host call reaches it (see ``MFD``)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+
+def _fingerprint(module: nn.Module) -> str | None:
+    """SHA-256 of a module's tensors (names, dtypes, bytes), or None when they cannot be read (meta device)."""
+    digest = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        if t.device.type == "meta":
+            return None
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _usable_device(name: str) -> torch.device:
+    """The device a map was on when pickled, or the CPU when this machine has no such device."""
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, AssertionError):
+        return torch.device("cpu")
+    return torch.device(name)
 
 
 class ManifoldFeatureDistance(LossHubMixin, nn.Module):
     """Manifold Feature Distance between predictions and targets (METHOD.md Sec. 4).
 
-    The feature map is frozen (no parameter requires grad, so a parent's optimiser can never update it)
-    and locked in eval mode (a parent's ``.train()`` leaves its BatchNorm statistics untouched); gradients
-    flow to the inputs only. The module follows ``.to(device)`` and accepts fp32/fp16/bf16 inputs and
+    The feature map is frozen and locked in eval mode; gradients flow to the inputs only. It is deliberately
+    not a registered submodule (it is reached as ``loss.feature_map``), so nothing a host training loop does
+    to a parent module reaches it: ``parent.requires_grad_(True)``, ``.train()``, ``.parameters()`` and
+    ``named_parameters()`` (hence optimisers, EMA copies such as diffusers' ``EMAModel`` or ECT's
+    ``deepcopy`` + ``lerp_``, DDP's parameter and buffer broadcasts), ``.apply(init_fn)``, ``state_dict()``
+    and ``load_state_dict()``. A parent's checkpoint therefore holds no map tensors and round-trips strictly
+    with or without an MFD attached; the map of a checkpoint written before 0.1.0 (keys
+    ``*.feature_map.*``) is ignored on loading, never copied in (a ``UserWarning`` says so when it differs
+    from this module's map). Device and dtype moves do reach the map: ``parent.to(device)``, ``.cuda()``,
+    ``.half()``, ``.bfloat16()`` convert it like any submodule (the distance still reduces in float32).
+    Pickling (as ECT snapshots do) stores a named or Hub map as its reference (name / repo, revision,
+    SHA-256), a few kilobytes, and reloads and verifies it when unpickled; a map you passed as
+    ``feature_map=``, loaded from a local folder, edited, or cast to another dtype is pickled with its
+    weights. ``copy.deepcopy`` copies the map in memory. The module follows ``.to(device)`` and accepts fp32/fp16/bf16 inputs and
     ``torch.autocast``; each sample's value is independent of the rest of the batch.
 
     Args:
@@ -55,7 +104,8 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         Output: (N,) float32, or a scalar.
 
     Raises:
-        ValueError: unknown ``distance``/``reduction``; both or neither of ``pretrained``/``feature_map``;
+        ValueError: unknown ``distance``/``reduction``; both ``pretrained`` (any name or path) and
+            ``feature_map`` given, or neither; non-finite (NaN/Inf) weights in ``feature_map``;
             bad input shapes, channel counts, NHWC layout, sizes, weights or NaN/Inf at call time.
         KeyError: unknown pretrained name.
         TypeError: ``feature_map`` is not a feature map (an nn.Module with a ``config``).
@@ -83,7 +133,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
     def __init__(
         self,
-        pretrained: str | os.PathLike | None = "cifar10",
+        pretrained: str | os.PathLike | None = _DEFAULT_PRETRAINED,
         feature_map: nn.Module | None = None,
         distance: str = "group",
         normalize: bool = False,
@@ -97,13 +147,17 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if feature_map is not None and pretrained not in (None, "cifar10"):
-            raise ValueError("pass either pretrained= or feature_map=, not both")
+        if feature_map is not None and pretrained is not None and pretrained is not _DEFAULT_PRETRAINED:
+            raise ValueError(f"pass either pretrained= or feature_map=, not both (got pretrained={str(pretrained)!r} "
+                             "and a feature_map): drop pretrained= to use your map, or feature_map= to load "
+                             f"{str(pretrained)!r}")
         if feature_map is None and pretrained is None:
             raise ValueError("pass pretrained= (a name such as 'cifar10', or a path) or feature_map=")
         self.config: dict[str, Any] = {}
+        reference = None
         if feature_map is None:
-            feature_map, self.config = load_pretrained(pretrained)
+            loaded = open_pretrained(str(pretrained) if isinstance(pretrained, _DefaultName) else pretrained)
+            feature_map, self.config, reference = loaded.feature_map, loaded.config, loaded.reference
         else:
             config = getattr(feature_map, "config", None)
             if not isinstance(feature_map, nn.Module) or not all(
@@ -112,17 +166,107 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
                                 "input_range) that returns a list of taps, e.g. mfd_loss.VGGFeatureMap or a map "
                                 "loaded with mfd_loss.load_feature_map")
             feature_map = copy.deepcopy(feature_map)
-        self.feature_map = feature_map.eval().requires_grad_(False)
+            check_finite_weights(feature_map.state_dict(), "feature_map")
+        self._attach(feature_map, reference)
         self.distance = distance
         self.normalize = bool(normalize)
         self.reduction = reduction
         self._init_call_contract(resize, validate_args)
+
+    # ------------------------------------------------------------------ the frozen map and host interplay
+
+    def _attach(self, feature_map: nn.Module, reference: PretrainedReference | None) -> None:
+        """Hold the map frozen, in eval mode, outside the module registry; remember where it came from."""
+        self._frozen = _FrozenMap(feature_map.eval().requires_grad_(False))
+        self._reference = reference
+        self._fingerprint = _fingerprint(feature_map) if reference is not None else None
+
+    @property
+    def feature_map(self) -> nn.Module:
+        """The frozen feature map (eval mode, no parameter requires grad); not a registered submodule."""
+        return self._frozen.module
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "feature_map":
+            raise AttributeError("an MFD's feature map is fixed when the loss is built; build a new one with "
+                                 "MFD(feature_map=...) or MFD(pretrained=...)")
+        super().__setattr__(name, value)
+
+    @classmethod
+    def _from_loaded(cls, loaded: LoadedPretrained, **options: Any) -> "ManifoldFeatureDistance":
+        """The loss around a map loaded by :func:`~mfd_loss.pretrained.open_pretrained` (``from_pretrained``)."""
+        loss = cls(feature_map=loaded.feature_map, **options)
+        loss.config = loaded.config
+        loss._attach(loss.feature_map, loaded.reference)
+        return loss
 
     def train(self, mode: bool = True) -> "ManifoldFeatureDistance":
         """Set this module's mode; the feature map stays in eval mode whatever ``mode`` is."""
         super().train(mode)
         self.feature_map.eval()
         return self
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.cuda()``, ``.half()``, ... reach the (unregistered) map as they would a submodule."""
+        super()._apply(fn, recurse)
+        if recurse:
+            self.feature_map._apply(fn)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Drop map tensors of checkpoints written before 0.1.0; they never replace this module's map."""
+        old = prefix + "feature_map."
+        legacy = {k[len(old):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(old)]}
+        if legacy:
+            current = self.feature_map.state_dict()
+            same = legacy.keys() == current.keys() and all(
+                v.shape == current[k].shape and torch.equal(v.to(current[k].device, current[k].dtype), current[k])
+                for k, v in legacy.items())
+            if not same:
+                warnings.warn(
+                    f"the checkpoint holds {len(legacy)} feature-map tensors under {old!r} (the format of mfd-loss "
+                    "before 0.1.0) that differ from this MFD's map; they were ignored. An MFD's map is fixed when "
+                    "it is built and never comes from a host checkpoint: to use that map, load it into a feature "
+                    "map, save it with save_pretrained, and build MFD(pretrained=FOLDER)", UserWarning, stacklevel=2)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        fmap = state.pop("_frozen").module
+        reference = state.get("_reference")
+        if reference is not None and state.get("_fingerprint") is not None and _fingerprint(fmap) == state["_fingerprint"]:
+            device = next(fmap.parameters(), torch.empty(0)).device
+            state["_frozen_reference"] = {"reference": reference.to_dict(), "device": str(device)}
+        else:
+            state["_frozen_module"] = fmap
+        state["_reference"] = None if reference is None else reference.to_dict()
+        return state
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        state = dict(state)
+        packed, fmap = state.pop("_frozen_reference", None), state.pop("_frozen_module", None)
+        reference = state.pop("_reference", None)
+        fingerprint = state.pop("_fingerprint", None)
+        super().__setstate__(state)
+        if fmap is None and packed is None:  # pickled before 0.1.0: the map was a registered submodule
+            fmap = self._modules.pop("feature_map")
+        reference = None if reference is None else PretrainedReference.from_dict(reference)
+        if packed is not None:
+            fmap = reference.load().feature_map.to(_usable_device(packed["device"]))
+        self._attach(fmap, reference)
+        if packed is None:
+            self._fingerprint = fingerprint
+
+    def __deepcopy__(self, memo: dict) -> "ManifoldFeatureDistance":
+        """An in-memory copy (the map included); no reload from disk, unlike pickling."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key != "_compiled_call_impl":
+                object.__setattr__(new, key, copy.deepcopy(value, memo))
+        return new
 
     def _init_call_contract(self, resize: str | None, validate_args: bool) -> None:
         """Check and store the call-time options (resolution, value checks) and the range the inputs are in."""
@@ -186,7 +330,10 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
     def extra_repr(self) -> str:
         extra = (f", resize={self.resize!r}" if self.resize else "") + ("" if self.validate_args else ", validate_args=False")
-        return f"distance={self.distance!r}, normalize={self.normalize}, reduction={self.reduction!r}{extra}"
+        fmap = self.feature_map  # not a child module, so it is summarised here
+        where = f", pretrained={self._reference.name or self._reference.repo_id!r}" if self._reference else ""
+        return (f"feature_map={type(fmap).__name__}({fmap.extra_repr()}){where}, distance={self.distance!r}, "
+                f"normalize={self.normalize}, reduction={self.reduction!r}{extra}")
 
 
 MFD = ManifoldFeatureDistance

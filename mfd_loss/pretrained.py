@@ -3,24 +3,31 @@
 One registry maps each name to a frozen :class:`PretrainedSpec` (Hub repo id, pinned revision, SHA-256,
 embedded copy, data it was trained on). A name resolves, in this order, to the copy embedded in the package
 (no network at all), the copy in the local Hugging Face Hub cache (no network), then a download of the
-pinned revision (:mod:`mfd_loss.hub`); the file's SHA-256 is checked before it is read, and a mismatching
+pinned revision (:mod:`mfd_loss.hub_download`); the file's SHA-256 is checked before it is read, and a mismatching
 file is never loaded. ``"org/repo"`` and ``"org/repo@revision"`` load any published map from the Hub; a
 local folder or ``.safetensors`` file is loaded directly, with no network call.
+
+A map loaded from a name or a Hub repo carries a :class:`PretrainedReference` (name / repo, revision,
+SHA-256): a pickled :class:`~mfd_loss.MFD` stores that reference instead of the weights and reloads and
+verifies them when unpickled.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .feature_maps import TapFeatureMap
-from .serialization import WEIGHTS_NAME, IntegrityError, load_feature_map
+from torch import nn
 
-__all__ = ["PretrainedSpec", "ResolvedPretrained", "register_pretrained", "unregister_pretrained", "list_pretrained",
-           "get_pretrained_spec", "resolve_pretrained", "load_pretrained", "download_pretrained"]
+from . import hub_download as hub
+from .serialization import WEIGHTS_NAME, IntegrityError, load_feature_map, sha256_file
+
+__all__ = ["PretrainedSpec", "ResolvedPretrained", "PretrainedReference", "LoadedPretrained", "register_pretrained",
+           "unregister_pretrained", "list_pretrained", "get_pretrained_spec", "resolve_pretrained", "open_pretrained",
+           "load_pretrained", "download_pretrained"]
 
 
 @dataclass(frozen=True)
@@ -60,13 +67,11 @@ def register_pretrained(spec: PretrainedSpec) -> PretrainedSpec:
     Raises:
         ValueError: the name is already registered, or the spec's repo id / SHA-256 / revision is malformed.
     """
-    from .hub import parse_repo_ref
-
     if spec.name in _REGISTRY:
         raise ValueError(f"a pretrained feature map named {spec.name!r} is already registered")
     if "/" in spec.name or "@" in spec.name:
         raise ValueError(f"registry names cannot contain '/' or '@' (they would read as a Hub repo): {spec.name!r}")
-    parse_repo_ref(spec.repo_id)
+    hub.parse_repo_ref(spec.repo_id)
     if len(spec.sha256) != 64 or spec.sha256.strip("0123456789abcdef"):
         raise ValueError(f"{spec.name}: sha256 must be 64 lowercase hex digits, got {spec.sha256!r}")
     if not spec.revision or "@" in spec.revision:
@@ -160,8 +165,6 @@ def resolve_pretrained(
         offline. ConnectionError: the Hub was unreachable or the transfer was cut. ValueError: ``revision=``
         given for a registered (pinned) name.
     """
-    from . import hub
-
     path = Path(pretrained)
     if path.exists():
         return ResolvedPretrained(path=path, source="local")
@@ -210,7 +213,7 @@ def load_pretrained(
     local_files_only: bool = False,
     token: str | bool | None = None,
     force_download: bool = False,
-) -> tuple[TapFeatureMap, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Resolve a ``pretrained=`` argument to a loaded feature map (float32, eval mode).
 
     Args:
@@ -233,27 +236,106 @@ def load_pretrained(
         ValueError: checksum mismatch (the file is not loaded), corrupted or truncated file, or weights that do
             not match their config (strict loading).
     """
-    found = resolve_pretrained(pretrained, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only, token=token, force_download=force_download)
-    return _load_resolved(found)
+    loaded = open_pretrained(pretrained, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                             token=token, force_download=force_download)
+    return loaded.feature_map, loaded.config
 
 
-def _load_resolved(found: ResolvedPretrained) -> tuple[TapFeatureMap, dict[str, Any]]:
+@dataclass(frozen=True)
+class PretrainedReference:
+    """Where a named or Hub map came from, exactly enough to fetch the same bytes again and check them.
+
+    Attributes:
+        name: registry name (``"cifar10"``), or None for a Hub repo loaded by id.
+        repo_id: the Hub repo.
+        revision: the commit (or, for a registry entry not yet pinned to a commit, the registry's revision).
+        sha256: SHA-256 of ``model.safetensors``; :meth:`load` refuses any other bytes.
+    """
+
+    name: str | None
+    repo_id: str | None
+    revision: str | None
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PretrainedReference":
+        return cls(**{k: data.get(k) for k in ("name", "repo_id", "revision", "sha256")})
+
+    def __str__(self) -> str:
+        where = f"{self.repo_id}@{self.revision}"
+        return f"{self.name!r} ({where}, SHA-256 {self.sha256})" if self.name else f"{where} (SHA-256 {self.sha256})"
+
+    def load(self) -> "LoadedPretrained":
+        """Fetch the referenced map again (embedded copy, Hub cache, then the Hub) and verify its SHA-256.
+
+        A registered name whose current entry has the same SHA-256 loads from the embedded copy with no
+        network; otherwise (or for a Hub repo) ``repo_id@revision`` is loaded from the cache or the Hub.
+
+        Raises:
+            IntegrityError: the bytes found differ from ``sha256`` (e.g. the name now ships other weights).
+            FileNotFoundError, ConnectionError: the files cannot be found (offline and not cached, ...).
+        """
+        spec = _REGISTRY.get(self.name) if self.name else None
+        if spec is not None and spec.sha256 == self.sha256:
+            return open_pretrained(self.name)
+        found = resolve_pretrained(f"{self.repo_id}@{self.revision}")
+        found = ResolvedPretrained(path=found.path, source=found.source, name=self.name, repo_id=found.repo_id,
+                                   revision=found.revision, expected_sha256=self.sha256)
+        try:
+            return _open_resolved(found)
+        except IntegrityError as err:
+            raise IntegrityError(f"the feature map {self} could not be restored: {err}. This mfd-loss "
+                                 f"{'ships other weights under that name' if spec is not None else 'found other bytes'}"
+                                 "; install the mfd-loss version that saved the object, or rebuild the loss with "
+                                 "MFD(pretrained=...)") from None
+
+
+@dataclass(frozen=True)
+class LoadedPretrained:
+    """A loaded map with its ``config.json`` and, for a named or Hub map, its :class:`PretrainedReference`."""
+
+    feature_map: nn.Module
+    config: dict[str, Any]
+    reference: PretrainedReference | None
+
+
+def open_pretrained(pretrained: str | os.PathLike, **options: Any) -> LoadedPretrained:
+    """As :func:`load_pretrained` (same arguments and errors), also returning the map's reference.
+
+    The reference is None for a local path: a folder may not exist where the object is unpickled, so a
+    pickled MFD keeps such a map's weights.
+    """
+    return _open_resolved(resolve_pretrained(pretrained, **options))
+
+
+def _open_resolved(found: ResolvedPretrained) -> LoadedPretrained:
     """Load resolved files; a cached or downloaded file is hash-checked first and never loaded on mismatch."""
-    from . import hub
-
     if found.source not in ("cache", "hub"):
-        return load_feature_map(found.path, expected_sha256=found.expected_sha256)
+        feature_map, config = load_feature_map(found.path, expected_sha256=found.expected_sha256)
+        reference = None
+        if found.name is not None:
+            reference = PretrainedReference(found.name, found.repo_id, found.revision, found.expected_sha256)
+        return LoadedPretrained(feature_map, config, reference)
     weights = found.path / WEIGHTS_NAME
     ref = found.name or f"{found.repo_id}@{found.revision}"
     try:
-        if found.expected_sha256 is None:
-            hub.verify_hub_file(weights)
-        return load_feature_map(found.path, expected_sha256=found.expected_sha256)
+        sha256 = found.expected_sha256 or hub.verify_hub_file(weights)
+        feature_map, config = load_feature_map(found.path, expected_sha256=found.expected_sha256)
     except IntegrityError as err:
         raise IntegrityError(hub.corrupted_message(weights, ref, str(err))) from None
     except ValueError as err:
         raise ValueError(f"{ref} ({found.path}): {err}") from None
+    sha256 = sha256 or config.get("weights_sha256") or sha256_file(weights)
+    return LoadedPretrained(feature_map, config, PretrainedReference(found.name, found.repo_id, found.revision, sha256))
+
+
+def _load_resolved(found: ResolvedPretrained) -> tuple[nn.Module, dict[str, Any]]:
+    """(feature map, config) of resolved files (see :func:`_open_resolved`)."""
+    loaded = _open_resolved(found)
+    return loaded.feature_map, loaded.config
 
 
 def download_pretrained(pretrained: str | os.PathLike, **kwargs: Any) -> Path:

@@ -176,10 +176,16 @@ def test_save_pretrained_is_strict_and_keeps_dtype(tmp_path, tiny_map):
     assert config["storage_dtype"] == "float16" and config["schema_version"] == 1
     from safetensors.torch import load_file, save_file
 
+    assert config["weights_sha256"] == serialization.sha256_file(again / "model.safetensors")
     tensors = load_file(folder / "model.safetensors")
     save_file({**tensors, "extra": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(IntegrityError, match=r"config\.json records .* was not loaded"):
+        VGGFeatureMap.from_pretrained(folder)  # the recorded hash catches the edit first
+    edited = json.loads((folder / "config.json").read_text())
+    edited["weights_sha256"] = serialization.sha256_file(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(edited))
     with pytest.raises(ValueError, match="does not match the architecture"):
-        VGGFeatureMap.from_pretrained(folder)
+        VGGFeatureMap.from_pretrained(folder)  # a deliberate edit still has to fit the architecture
 
 
 # --- downloads and the cache --------------------------------------------------------------------------------
@@ -352,6 +358,32 @@ def test_server_gone_after_download_loads_from_cache(fake_hub, published, monkey
     assert _same_weights(MFD(pretrained=REPO).feature_map, reference)
     with pytest.raises(ConnectionError, match="could not reach the Hugging Face Hub"):
         pretrained.load_pretrained("org/not-cached")
+
+
+def test_pickled_mfd_stores_its_hub_reference_and_verifies_it_on_unpickling(fake_hub, published, images, no_load):
+    import pickle
+
+    loss = MFD(pretrained=REPO)  # main = c2
+    x, y = images[:4], images[4:8]
+    snapshot = pickle.dumps(loss)
+    weights = len(published["v2"]["model.safetensors"])
+    assert len(snapshot) < weights / 4  # the reference, not the weights
+    assert published["c2"].encode() in snapshot and _sha(published["v2"]["model.safetensors"]).encode() in snapshot
+    fake_hub.commit(REPO, published["v1"], message="main moves on")  # unpickling still restores c2
+    fake_hub.reset_log()
+    restored = pickle.loads(snapshot)
+    assert fake_hub.requests == []  # a cached commit: no request
+    assert torch.equal(restored(x, y), loss(x, y))
+    assert "pretrained='org/tiny'" in repr(restored)
+    # the cached file changed since: the snapshot refuses it instead of loading other weights
+    blob = (pretrained.download_pretrained(f"{REPO}@{published['c2']}") / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    no_load.clear()
+    with pytest.raises(IntegrityError, match=r"integrity check"):
+        pickle.loads(snapshot)
+    assert no_load == []
 
 
 # --- publishing ---------------------------------------------------------------------------------------------

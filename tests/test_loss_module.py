@@ -72,6 +72,34 @@ def test_parent_train_keeps_feature_map_in_eval(make_map, images):
     assert stats and all(torch.equal(stats[k], after[k]) for k in stats)
 
 
+def test_host_calls_never_reach_the_map(make_map, images):
+    parent = Parent(make_map(seed=6))
+    fmap = parent.loss.feature_map
+    map_tensors = {id(t) for t in [*fmap.parameters(), *fmap.buffers()]}
+    parent.train().requires_grad_(True)  # ECT's and diffusers' loops do this to the whole model
+    assert not any(p.requires_grad for p in fmap.parameters())
+    assert not fmap.training
+    host_tensors = [*parent.parameters(), *parent.buffers(), *parent.state_dict(keep_vars=True).values()]
+    assert host_tensors and not map_tensors & {id(t) for t in host_tensors}
+    assert not any("feature_map" in name for name, _ in [*parent.named_parameters(), *parent.named_buffers()])
+    assert fmap not in list(parent.modules())
+    parent.apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Conv2d) else None)  # a host init pass
+    assert fmap.stages[0][0].weight.abs().sum() > 0
+    with pytest.raises(AttributeError, match="fixed when the loss is built"):
+        parent.loss.feature_map = make_map(seed=7)
+
+
+def test_device_and_dtype_moves_reach_the_map(make_map, images):
+    parent = Parent(make_map(seed=8))
+    ref = parent.loss(images[:2], images[2:4])
+    parent.double()  # dtype casts reach the map as they would any submodule
+    assert all(p.dtype == torch.float64 for p in parent.loss.feature_map.parameters())
+    torch.testing.assert_close(parent.loss(images[:2].double(), images[2:4].double()), ref.double()
+                               if ref.dtype == torch.float64 else ref, rtol=1e-4, atol=1e-4, check_dtype=False)
+    parent.float().to("meta")
+    assert all(p.device.type == "meta" for p in parent.loss.feature_map.parameters())
+
+
 def test_callers_module_is_not_frozen(make_map, images):
     mine = make_map(seed=5)
     assert mine.training
@@ -176,9 +204,15 @@ def test_unknown_distance_and_reduction(tiny_map, images):
         manifold_feature_distance(tiny_map, images[:2], images[2:4], reduction="batchmean")
 
 
-def test_pretrained_and_feature_map_both_or_neither(tiny_map, tmp_path):
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "org/repo", "some/folder"])
+def test_pretrained_and_feature_map_both_or_neither(tiny_map, tmp_path, name):
+    # any name, the default's spelling included: the map would silently not be the one asked for
+    with pytest.raises(ValueError, match=rf"either pretrained= or feature_map=, not both.*{name}"):
+        MFD(pretrained=name, feature_map=tiny_map)
     with pytest.raises(ValueError, match=r"either pretrained= or feature_map=, not both"):
         MFD(pretrained=str(tmp_path), feature_map=tiny_map)
+    mine = MFD(feature_map=tiny_map)  # the default pretrained= does not count as given
+    assert mine.config == {} and mine.feature_map.config == tiny_map.config
     with pytest.raises(ValueError, match=r"pass pretrained=.*or feature_map="):
         MFD(pretrained=None)
     with pytest.raises(ValueError, match=r"pass pretrained=.*or feature_map="):

@@ -1,16 +1,28 @@
 """Exported feature maps (model.safetensors + config.json): exact round trip, strict loading,
-label-spec and checksum checks, float16 storage."""
+label-spec and checksum checks, recorded SHA-256, non-finite weights, strict JSON, float16 storage."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import mfd_loss
 from mfd_loss import MFD, label_spec, load_feature_map, save_feature_map
+from mfd_loss.serialization import IntegrityError, sha256_file
+
+SHIPPED = sorted((Path(mfd_loss.__file__).parent / "weights").glob("*/config.json"))
+
+
+def strict_json(text):
+    """json.loads with JSON's own grammar: NaN, Infinity and -Infinity are refused (as JSON.parse does)."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture
@@ -62,10 +74,16 @@ def test_mfd_loads_a_local_folder(exported, images):
     assert not any(p.requires_grad for p in from_folder.feature_map.parameters())
 
 
-def _rewrite_weights(out, edit):
+def _rewrite_weights(out, edit, *, rehash=True):
+    """Edit the weights file; with rehash, config.json records the new hash (a deliberate edit), so the
+    structural checks are what is tested."""
     tensors = load_file(out / "model.safetensors")
     edit(tensors)
     save_file(tensors, out / "model.safetensors")
+    if rehash:
+        config = json.loads((out / "config.json").read_text())
+        config["weights_sha256"] = sha256_file(out / "model.safetensors")
+        (out / "config.json").write_text(json.dumps(config))
 
 
 def test_unexpected_key_is_an_error(exported):
@@ -120,10 +138,70 @@ def test_checksum(exported):
     load_feature_map(out, expected_sha256=good)  # the right hash loads
     with pytest.raises(ValueError, match=r"checksum mismatch.*expected " + "0" * 64):
         load_feature_map(out, expected_sha256="0" * 64)
-    # a file changed after publication fails its recorded hash
+    # a file changed after publication fails its pinned hash
     _rewrite_weights(out, lambda t: t["head.bias"].add_(1e-3))
     with pytest.raises(ValueError, match=r"checksum mismatch"):
         load_feature_map(out, expected_sha256=good)
+
+
+def test_save_records_the_weights_hash_and_every_load_checks_it(exported, images):
+    _, out = exported
+    weights = out / "model.safetensors"
+    assert json.loads((out / "config.json").read_text())["weights_sha256"] == sha256_file(weights)
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit flipped inside a tensor: the file still parses
+    weights.write_bytes(bytes(data))
+    load_file(weights)  # safetensors alone would not notice
+    for load in (lambda: load_feature_map(out), lambda: MFD(pretrained=str(out)),
+                 lambda: mfd_loss.VGGFeatureMap.from_pretrained(out)):
+        with pytest.raises(IntegrityError, match=r"(?s)model\.safetensors has SHA-256 .*config\.json records .*"
+                                                 r"was not loaded\. Restore the folder"):
+            load()
+
+
+def test_non_finite_weights_are_refused_at_load_and_save(exported, trained_like, tmp_path):
+    _, out = exported
+    _rewrite_weights(out, lambda t: t["stages.0.0.weight"].view(-1)[:3].fill_(float("nan")))
+    with pytest.raises(ValueError, match=r"non-finite \(NaN or Inf\) weights.*'stages\.0\.0\.weight' \(3 of"):
+        load_feature_map(out)
+    with pytest.raises(ValueError, match=r"non-finite"):
+        MFD(pretrained=str(out))
+    broken = trained_like.state_dict()
+    bad = {k: v.clone() for k, v in broken.items()}
+    bad["head.bias"][0] = float("inf")
+    copy_ = mfd_loss.build_feature_map(trained_like.config)
+    copy_.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"non-finite.*'head\.bias'"):
+        save_feature_map(copy_, tmp_path / "inf", label_spec=label_spec("all"))
+    with pytest.raises(ValueError, match=r"non-finite.*'head\.bias'"):
+        MFD(feature_map=copy_)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.parent.name for p in SHIPPED])
+def test_shipped_configs_are_strict_json(path):
+    config = strict_json(path.read_text())
+    ranges = [entry["range"] for entry in config["label_spec"]["labels"]]
+    assert [None, None] in ranges  # unbounded (normally distributed) labels are written as null
+    assert config["weights_sha256"] == sha256_file(path.parent / "model.safetensors")
+
+
+def test_exported_config_is_strict_json_and_old_infinity_configs_still_load(exported):
+    fmap, out = exported
+    save_feature_map(fmap, out, label_spec=label_spec("all"), metadata={
+        "metrics": {"r2": {"scale_w": float("nan")}, "best": float("inf")}, "steps": torch.tensor(3)})
+    config = strict_json((out / "config.json").read_text())
+    assert config["metrics"] == {"r2": {"scale_w": None}, "best": None} and config["steps"] == 3
+    assert config["label_spec"]["labels"][0]["range"] == [None, None]
+    assert config["label_spec"]["labels"][1]["range"] == [-2.0, 0.0]
+    # a config written before 0.1.0 (Infinity in the label ranges, no recorded hash) still loads
+    for entry in config["label_spec"]["labels"]:
+        entry["range"] = [float("-inf") if entry["range"][0] is None else entry["range"][0],
+                          float("inf") if entry["range"][1] is None else entry["range"][1]]
+    del config["weights_sha256"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert "Infinity" in (out / "config.json").read_text()
+    loaded, _ = load_feature_map(out)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), fmap.state_dict().values()))
 
 
 def test_float16_export_loads_close_to_float32(trained_like, tmp_path, images):

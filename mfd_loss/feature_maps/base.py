@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .._validation import check_images
-from ..hub import FeatureMapHubMixin
+from ..hub_mixin import FeatureMapHubMixin
+from ..serialization import register_architectures
 from .config import FeatureMapConfig
 
 __all__ = ["TapFeatureMap", "scaled"]
@@ -24,12 +25,24 @@ class TapFeatureMap(FeatureMapHubMixin, nn.Module):
 
     ``forward`` returns the output of every stage followed by the head output as (N, K, 1, 1): the
     taps the distance compares. Subclasses build ``self.stages`` and ``self.head`` and call
-    :meth:`reset_parameters`.
+    :meth:`reset_parameters`. A subclass lists the ``config.arch`` names it builds in ``architectures``;
+    that is how a saved map (:func:`mfd_loss.load_feature_map`) finds the class to rebuild it with.
     """
 
+    architectures: ClassVar[tuple[str, ...]] = ()
     config: FeatureMapConfig
     stages: nn.ModuleList
     head: nn.Linear
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "architectures" in cls.__dict__:
+            register_architectures(cls.architectures, cls)
+
+    @classmethod
+    def config_from_dict(cls, data: Mapping[str, Any]) -> FeatureMapConfig:
+        """The architecture stored in ``config.json`` (see :meth:`FeatureMapConfig.from_dict`)."""
+        return FeatureMapConfig.from_dict(data)
 
     @property
     def min_size(self) -> int:

@@ -46,6 +46,8 @@ class ResNetFeatureMap(TapFeatureMap):
         [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4), (7, 1, 1)]
     """
 
+    architectures = tuple(RESNET_PLANS)
+
     def __init__(self, config: FeatureMapConfig):
         super().__init__()
         if config.arch not in RESNET_PLANS:

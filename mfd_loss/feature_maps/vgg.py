@@ -31,6 +31,8 @@ class VGGFeatureMap(TapFeatureMap):
         [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2), (128, 1, 1), (15, 1, 1)]
     """
 
+    architectures = tuple(VGG_PLANS)
+
     def __init__(self, config: FeatureMapConfig = FeatureMapConfig()):
         super().__init__()
         if config.arch not in VGG_PLANS:

@@ -138,11 +138,16 @@ class LabelSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (stored in ``config.json`` next to trained weights)."""
+        """JSON-ready description (stored in ``config.json`` next to trained weights).
+
+        Strict JSON has no ``Infinity``: an unbounded end of a label's range is written as ``null``
+        (``[null, null]`` for a normally distributed parameter). :meth:`from_dict` reads both that and the
+        ``-Infinity`` / ``Infinity`` of files written before 0.1.0.
+        """
         return {
             "ops": list(self.ops),
             "labels": [
-                {"name": name, "op": op, "group": OPS[op].group, "range": [lo, hi]}
+                {"name": name, "op": op, "group": OPS[op].group, "range": [_json_bound(lo), _json_bound(hi)]}
                 for op in self.ops
                 for name, (lo, hi) in zip(OPS[op].labels, OPS[op].ranges)
             ],
@@ -163,6 +168,11 @@ class LabelSpec:
                 f"{list(spec.labels)} in this version of mfd-loss"
             )
         return spec
+
+
+def _json_bound(value: float) -> float | None:
+    """A range end as strict JSON allows it: finite numbers as they are, an unbounded end as None (null)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def label_spec(preset_or_ops: str | Iterable[str] | LabelSpec = "all") -> LabelSpec:
