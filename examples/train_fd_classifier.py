@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fd_metric import SmallCNN, save_classifier  # noqa: E402
-from train_consistency_model import load_images  # noqa: E402
+from _training import load_images  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

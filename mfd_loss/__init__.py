@@ -14,7 +14,7 @@ from .perturbations import LabelSpec, Perturbations, label_spec
 from .pretrained import download_pretrained, list_pretrained, load_pretrained
 from .serialization import load_feature_map, save_feature_map
 from .trainer import TrainConfig, train_feature_map
-from . import consistency, diagnostics
+from . import consistency, diagnostics, sampling
 from .objectives import TangentLoss, pseudo_huber, tangent_loss
 
 __version__ = "0.1.0"
@@ -43,4 +43,5 @@ __all__ = [
     "pseudo_huber",
     "consistency",
     "diagnostics",
+    "sampling",
 ]

@@ -12,6 +12,10 @@ The setting AYT trains in (METHOD.md Sec. 5; Geng et al. 2024, "Consistency Mode
                               (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative
                               Models", EDM, Table 1). c_skip(0) = 1 and c_out(0) = 0, so D(x, 0) = x: the consistency
                               boundary condition holds at sigma = 0.
+* diffusion pre-training      sigma = exp(N(-1.2, 1.2^2)), loss weight (sigma^2 + s_d^2) / (sigma s_d)^2 (EDM Sec. 5):
+                              the denoiser that consistency tuning starts from and distillation learns from
+* distillation target         x_r = one teacher ODE step from t to r (Heun or Euler, :mod:`mfd_loss.sampling`), then
+                              D_theta(x_r, r) under stop-gradient (Song et al. 2023, Sec. 4)
 * sampling                    1 step: D(sigma_max * z, sigma_max); 2 steps: x = D(sigma_max * z, sigma_max), then
                               D(x + sigma_mid * z', sigma_mid) with sigma_mid = 0.821 (ECT's CIFAR-10 setting;
                               Song et al. 2023, "Consistency Models", Algorithm 1).
@@ -26,10 +30,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .sampling import ode_step
+
 __all__ = [
     "P_MEAN", "P_STD", "SIGMA_DATA", "SIGMA_MAX", "SIGMA_MID",
     "sample_noise_levels", "r_from_t", "consistency_weight", "Preconditioning", "edm_preconditioning",
     "EDMDenoiser", "one_step_sample", "two_step_sample",
+    "EDM_P_MEAN", "EDM_P_STD", "edm_loss_weight", "distillation_target",
 ]
 
 P_MEAN = -1.1
@@ -37,6 +44,8 @@ P_STD = 2.0
 SIGMA_DATA = 0.5
 SIGMA_MAX = 80.0
 SIGMA_MID = 0.821
+EDM_P_MEAN = -1.2
+EDM_P_STD = 1.2
 
 
 def sample_noise_levels(
@@ -135,6 +144,34 @@ def consistency_weight(t: Tensor, r: Tensor) -> Tensor:
     if bool((gap <= 0).any()):
         raise ValueError("consistency_weight needs t > r for every sample")
     return 1.0 / gap
+
+
+def edm_loss_weight(sigma: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """EDM's denoising-loss weight lambda(sigma) = (sigma^2 + s_d^2) / (sigma s_d)^2.
+
+    With the preconditioning of :func:`edm_preconditioning` it equals 1 / c_out(sigma)^2, so the weighted loss
+    lambda ||D(x0 + sigma n, sigma) - x0||^2 is the network's own error with unit weight at every sigma.
+
+    Args:
+        sigma: positive noise levels, any shape.
+        sigma_data: standard deviation of the data (0.5 for images in [-1, 1]).
+
+    Returns:
+        weights shaped like sigma.
+
+    Raises:
+        ValueError: some sigma <= 0.
+
+    Examples:
+        >>> edm_loss_weight(torch.tensor([0.5]))
+        tensor([8.])
+
+    References:
+        Karras et al. 2022 (EDM), Sec. 5 and Table 1 (training: ln sigma ~ N(-1.2, 1.2^2)).
+    """
+    if bool((sigma <= 0).any()):
+        raise ValueError("edm_loss_weight needs positive noise levels")
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
 class Preconditioning(NamedTuple):
@@ -265,3 +302,37 @@ def two_step_sample(
     x = denoiser(noise * sigma_max, _levels(sigma_max, noise))
     z = torch.randn(noise.shape, generator=generator, device=noise.device, dtype=x.dtype)
     return denoiser(x + sigma_mid * z, _levels(sigma_mid, noise))
+
+
+def distillation_target(
+    student: Denoiser, teacher: Denoiser, x_t: Tensor, t: Tensor, r: Tensor, solver: str = "heun",
+) -> Tensor:
+    """Consistency-distillation target: the student's output where the teacher's ODE step from t lands at r.
+
+        x_r = ode_step(teacher, x_t, t, r, solver),   target = stopgrad(D_student(x_r, r))   (x_r where r = 0)
+
+    The teacher replaces the shared noise of consistency training (x_r = x0 + r eps) by its own estimate of the
+    trajectory through x_t; the pair (D_student(x_t, t), target) then goes to any consistency objective.
+    Call it under the same dropout randomness as the prediction (the training example replays the RNG).
+
+    Args:
+        student: the online consistency model ``student(x, sigma)``.
+        teacher: a pretrained EDM denoiser ``teacher(x, sigma)`` (e.g. from ``examples/train_diffusion_model.py``).
+        x_t: (N, C, H, W) noisy inputs at level t.
+        t: (N,) positive levels.
+        r: (N,) levels with 0 <= r < t.
+        solver: ``"heun"`` (Song et al. 2023) or ``"euler"`` (see :func:`mfd_loss.sampling.ode_step`).
+
+    Returns:
+        float32 (N, C, H, W) target, without gradient.
+
+    Raises:
+        ValueError: unknown solver or invalid levels (from :func:`mfd_loss.sampling.ode_step`).
+
+    References:
+        Song et al. 2023, "Consistency Models", Algorithm 2 (consistency distillation) and Sec. 4.
+    """
+    with torch.no_grad():
+        x_r = ode_step(teacher, x_t, t, r, solver)
+        boundary = (r > 0).view((-1,) + (1,) * (x_t.ndim - 1))
+        return torch.where(boundary, student(x_r, r).float(), x_r)

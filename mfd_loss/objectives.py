@@ -454,6 +454,15 @@ def _build_mfd(options: dict[str, Any]) -> ConsistencyObjective:
     from .loss import MFD
 
     mfd = MFD(pretrained=options["mfd_pretrained"], distance=options["mfd_distance"])
+    if options["mfd_init"] == "random":  # the control: the same architecture, untrained (seeded, reproducible)
+        from .feature_maps import build_feature_map
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            untrained = build_feature_map(mfd.feature_map.config)
+        mfd = MFD(pretrained=None, feature_map=untrained, distance=options["mfd_distance"])
+    elif options["mfd_init"] != "pretrained":
+        raise ValueError(f"mfd_init must be 'pretrained' or 'random', got {options['mfd_init']!r}")
     return ConsistencyObjective("mfd", distance=mfd, direction=options["direction"], blend=options["blend"],
                                 ramp_steps=options["ramp_steps"])
 
@@ -488,6 +497,7 @@ def build_objective(
     ramp_steps: int = 5000,
     mfd_pretrained: str | os.PathLike = "cifar10",
     mfd_distance: str = "group",
+    mfd_init: str = "pretrained",
     lpips_net: str = "vgg",
     huber_c: float | None = 0.0,
 ) -> ConsistencyObjective:
@@ -501,6 +511,9 @@ def build_objective(
     ``"pseudo-huber"``  w * pseudo-Huber(c = ``huber_c``): ECT with c = 0 (default), iCT with None
     ``"l2"``            w * mean squared error (original consistency training)
     ==================  ===============================================================================
+
+    ``mfd_init="random"`` keeps the architecture of ``mfd_pretrained`` but not its weights: an untrained map
+    (seed 0), the control that tells a learned manifold feature map from any network of that shape.
 
     Options that do not apply to the chosen name are ignored. Move the result to the training device with
     ``.to(device)``.
@@ -524,5 +537,5 @@ def build_objective(
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]({
         "direction": direction, "blend": blend, "ramp_steps": ramp_steps, "mfd_pretrained": mfd_pretrained,
-        "mfd_distance": mfd_distance, "lpips_net": lpips_net, "huber_c": huber_c,
+        "mfd_distance": mfd_distance, "mfd_init": mfd_init, "lpips_net": lpips_net, "huber_c": huber_c,
     })

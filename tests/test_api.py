@@ -28,7 +28,7 @@ PUBLIC = {
     "TangentLoss": "class",
     "pseudo_huber": "function",
 }
-MODULES = ("consistency", "diagnostics")
+MODULES = ("consistency", "diagnostics", "sampling")
 
 
 def test_every_public_name_exists_and_is_exported():

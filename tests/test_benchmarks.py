@@ -141,7 +141,67 @@ def test_time_ratio_follows_the_training_clock():
     result = {"groups": [{"dataset": "d", "batch_size": 4, "metric": "FD_x",
                           "runs": {"mfd": [run((100.0, 40.0, 30.0), (0.0, 30.0, 60.0))],
                                    "pseudo-huber": [run((100.0, 70.0, 40.0), (0.0, 10.0, 20.0))]}}]}
-    row = bench.summarise(result)[0]
-    assert row["mfd_steps_to_ph_final"] == pytest.approx(10.0)
-    assert row["mfd_iteration_ratio"] == pytest.approx(0.5)
-    assert row["mfd_time_ratio"] == pytest.approx(30.0 / 20.0)  # fewer iterations, but each one slower
+    row = bench.summarise(result)[0]["reach"]["mfd"]
+    assert row["steps"] == pytest.approx(10.0)
+    assert row["iteration_ratio"] == pytest.approx(0.5)
+    assert row["time_ratio"] == pytest.approx(30.0 / 20.0)  # fewer iterations, but each one slower
+
+
+def _read_args(run: Path) -> dict:
+    return json.loads((run / "args.json").read_text())
+
+
+@pytest.mark.skipif(not _has_cifar10(), reason="needs the CIFAR-10 archive of shared/data (see shared/data/README.md)")
+def test_tuning_smoke_starts_every_loss_from_the_denoiser(tmp_path):
+    bench = _module("convergence")
+    work, out = tmp_path / "work", tmp_path / "tune.json"
+    result = bench.main(["--config", "tune-smoke", "--device", "cpu", "--work", str(work), "--out", str(out)] +
+                        ([] if _plots() else ["--no-plot"]))
+    teacher = result["denoisers"]["cifar10"]
+    assert Path(teacher["checkpoint"]).is_file() and teacher["final_eval"]["step"] == 2
+    assert [k for k in teacher["final_eval"] if k.startswith("FD")] == ["FD_cnn-cifar10_heun"]
+    assert math.isfinite(teacher["final_eval"]["FD_cnn-cifar10_heun"])
+    assert set(result["losses_run"]) >= {"pseudo-huber", "mfd", "mfd-random", "mfd-squared"}
+    group = result["groups"][0]
+    starts = set()
+    for loss, runs in group["runs"].items():
+        run = work / "tune-smoke" / f"cifar10-bs4-{loss}-seed0"
+        assert _read_args(run)["init"] == teacher["checkpoint"] and _read_args(run)["teacher"] is None
+        assert [e["step"] for e in runs[0]] == [0, 2]
+        assert all(math.isfinite(e["1step"]) and math.isfinite(e["2step"]) for e in runs[0])
+        starts.add(runs[0][0]["1step"])
+    assert len(starts) == 1  # every loss starts from the same denoiser weights, graded on the same noise
+    assert _read_args(work / "tune-smoke" / "cifar10-bs4-mfd-random-seed0")["mfd_init"] == "random"
+    assert _read_args(work / "tune-smoke" / "cifar10-bs4-mfd-squared-seed0")["mfd_distance"] == "squared"
+    reach = result["summary"][0]["reach"]
+    assert set(reach) == set(result["losses_run"]) - {"pseudo-huber"}
+    table = out.with_suffix(".md").read_text()
+    assert "Heun" in table and "MFD random-init map (AYT)" in table and "iterations to reach ECT's final" in table
+    if "lpips" not in result["losses_run"]:
+        assert any("LPIPS left out" in note for note in result["notes"])
+    if _plots():
+        assert out.with_suffix(".png").read_bytes()[:8] == PNG_MAGIC
+        assert [Path(p).read_bytes()[:8] for p in result["sample_grids"]] == [PNG_MAGIC]
+
+
+@pytest.mark.skipif(not _has_cifar10(), reason="needs the CIFAR-10 archive of shared/data (see shared/data/README.md)")
+def test_distillation_smoke_in_two_shards(tmp_path):
+    bench = _module("convergence")
+    work, out = tmp_path / "work", tmp_path / "distill.json"
+    argv = ["--config", "distill-smoke", "--device", "cpu", "--work", str(work), "--out", str(out), "--no-plot",
+            "--losses", "mfd-value,mfd,pseudo-huber,l2"]
+    assert bench.main(argv + ["--shard", "0/2"]) is None and not out.exists()  # a shard trains and writes nothing
+    runs = sorted((work / "distill-smoke").glob("cifar10-*"))
+    assert [r.name for r in runs] == ["cifar10-bs4-mfd-value-seed0", "cifar10-bs4-pseudo-huber-seed0"]
+    bench.main(argv + ["--shard", "1/2"])
+    logs = {r.name: (r / "log.jsonl").read_text() for r in (work / "distill-smoke").glob("cifar10-*")}
+    assert len(logs) == 4
+    result = bench.main(argv)  # every run is finished: read, not rerun
+    assert {r.name: (r / "log.jsonl").read_text() for r in (work / "distill-smoke").glob("cifar10-*")} == logs
+    teacher = result["denoisers"]["cifar10"]["checkpoint"]
+    for loss in ("mfd-value", "mfd", "pseudo-huber", "l2"):
+        args = _read_args(work / "distill-smoke" / f"cifar10-bs4-{loss}-seed0")
+        assert args["teacher"] == teacher and args["init"] == teacher and args["teacher_solver"] == "heun"
+    assert _read_args(work / "distill-smoke" / "cifar10-bs4-mfd-value-seed0")["direction"] == "raw"
+    assert all(math.isfinite(e["1step"]) for runs in result["groups"][0]["runs"].values() for e in runs[0])
+    assert json.loads(out.read_text())["config"]["mode"] == "distill"

@@ -1,4 +1,5 @@
-"""ECT schedule helpers against hand-computed values (mfd_loss.consistency)."""
+"""ECT schedule helpers against hand-computed values, and the ODE solvers against an exact Gaussian ODE
+(mfd_loss.consistency, mfd_loss.sampling)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import pytest
 import torch
 
 from mfd_loss.consistency import (
-    EDMDenoiser, consistency_weight, edm_preconditioning, one_step_sample, r_from_t, sample_noise_levels,
-    two_step_sample,
+    EDMDenoiser, consistency_weight, distillation_target, edm_loss_weight, edm_preconditioning, one_step_sample,
+    r_from_t, sample_noise_levels, two_step_sample,
 )
+from mfd_loss.sampling import edm_sigmas, heun_sample, ode_step
 
 
 def _sigmoid(x: float) -> float:
@@ -133,3 +135,106 @@ def test_two_step_sample():
     torch.testing.assert_close(out, torch.tanh(first + 0.821 * z2))
     with pytest.raises(ValueError):
         two_step_sample(rec, z, sigma_mid=100.0)
+
+
+# ---------------------------------------------------------------------------- ODE steps on a Gaussian toy
+# Data x0 ~ N(MU, S^2) in every coordinate: the exact EDM denoiser is D(x, sigma) = MU + S^2 / (S^2 + sigma^2) (x - MU)
+# and the probability-flow ODE dx/dsigma = (x - D) / sigma is solved by x(r) - MU = (x(t) - MU) sqrt((S^2 + r^2) / (S^2 + t^2)).
+MU, S = 0.3, 0.5
+
+
+def _gaussian_denoiser(x, sigma):
+    shrink = (S**2 / (S**2 + sigma**2)).view(-1, *([1] * (x.ndim - 1)))
+    return MU + shrink * (x - MU)
+
+
+def _exact(x, t, r):
+    return MU + (x - MU) * math.sqrt((S**2 + r**2) / (S**2 + t**2))
+
+
+def _step_error(solver: str, t: float, h: float) -> float:
+    x = torch.linspace(-2, 2, 16).view(4, 1, 2, 2)
+    out = ode_step(_gaussian_denoiser, x, t, t - h, solver)
+    return float((out.double() - _exact(x.double(), t, t - h)).abs().max())
+
+
+@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2)])
+def test_ode_step_local_error_has_the_solver_order(solver, order):
+    """A method of order p has local error C h^(p+1): halving the step divides it by 2^(p+1) (4 Euler, 8 Heun)."""
+    t = 1.0
+    errors = [_step_error(solver, t, h) for h in (0.2, 0.1, 0.05)]
+    for big, small in zip(errors, errors[1:]):
+        assert math.log2(big / small) == pytest.approx(order + 1, abs=0.25), errors
+    if solver == "heun":
+        assert errors[1] < _step_error("euler", t, 0.1) / 10  # second order beats first by far at h = 0.1
+
+
+def test_ode_step_exact_for_a_constant_direction():
+    """With D(x, sigma) = x - sigma v the direction d = v is constant: both solvers are exact (x_r = x + (r - t) v)."""
+    v = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    t, r = torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 0.0, 0.25])
+    for solver in ("euler", "heun"):
+        out = ode_step(lambda y, s: y - s.view(-1, 1, 1, 1) * v, x, t, r, solver)
+        torch.testing.assert_close(out, x + (r - t).view(-1, 1, 1, 1) * v)
+
+
+def test_ode_step_into_zero_is_the_denoised_estimate():
+    x = torch.randn(2, 1, 3, 3)
+    for solver in ("euler", "heun"):
+        torch.testing.assert_close(ode_step(_gaussian_denoiser, x, 1.5, 0.0, solver), _gaussian_denoiser(x, torch.full((2,), 1.5)))
+
+
+def test_ode_step_rejects_bad_input():
+    x = torch.zeros(2, 1, 2, 2)
+    with pytest.raises(ValueError, match="solver"):
+        ode_step(_gaussian_denoiser, x, 1.0, 0.5, "rk4")
+    with pytest.raises(ValueError, match="r < t"):
+        ode_step(_gaussian_denoiser, x, 1.0, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        ode_step(_gaussian_denoiser, x, torch.ones(3), 0.5)
+
+
+def test_edm_sigmas_by_hand():
+    s = edm_sigmas(18).tolist()
+    assert len(s) == 19 and s[-1] == 0.0
+    assert s[0] == pytest.approx(80.0, rel=1e-12) and s[17] == pytest.approx(0.002, rel=1e-12)
+    i = 5  # (80^(1/7) + 5/17 (0.002^(1/7) - 80^(1/7)))^7
+    assert s[i] == pytest.approx((80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7, rel=1e-12)
+    assert all(a > b for a, b in zip(s, s[1:]))
+    with pytest.raises(ValueError):
+        edm_sigmas(1)
+
+
+def test_heun_sampler_converges_with_second_order_on_the_gaussian_toy():
+    """The sampler's global error against the exact ODE map shrinks ~4x when the number of steps doubles
+    (global order 2), and the 18-step chain is Richardson-consistent: its error is 4/3 of its distance to the
+    36-step chain, up to the next order."""
+    z = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    exact = _exact(80.0 * z.double(), 80.0, 0.0)
+    chains = {n: heun_sample(_gaussian_denoiser, z, num_steps=n).double() for n in (18, 36, 72)}
+    errors = [float((chains[n] - exact).abs().max()) for n in (18, 36, 72)]
+    for big, small in zip(errors, errors[1:]):
+        assert math.log2(big / small) == pytest.approx(2.0, abs=0.4), errors
+    richardson = 4 / 3 * float((chains[18] - chains[36]).abs().max())
+    assert errors[0] == pytest.approx(richardson, rel=0.15)
+
+
+def test_edm_loss_weight_is_one_over_c_out_squared():
+    sigma = torch.tensor([0.01, 0.5, 3.0, 80.0], dtype=torch.float64)
+    torch.testing.assert_close(edm_loss_weight(sigma), edm_preconditioning(sigma).c_out ** -2)
+    with pytest.raises(ValueError):
+        edm_loss_weight(torch.tensor([0.0]))
+
+
+def test_distillation_target_is_the_student_where_the_teacher_step_lands():
+    x_t = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(2))
+    t, r = torch.tensor([2.0, 1.0, 0.3]), torch.tensor([1.9, 0.0, 0.29])
+    student = lambda x, s: torch.tanh(x) * (1 + s.view(-1, 1, 1, 1))  # noqa: E731
+    for solver in ("heun", "euler"):
+        target = distillation_target(student, _gaussian_denoiser, x_t, t, r, solver)
+        x_r = ode_step(_gaussian_denoiser, x_t, t, r, solver)
+        torch.testing.assert_close(target[[0, 2]], student(x_r, r)[[0, 2]])
+        torch.testing.assert_close(target[1], x_r[1])  # r = 0: the boundary, the teacher's own x_0
+        torch.testing.assert_close(target[0], student(torch.as_tensor(_exact(x_t[0].double(), 2.0, 1.9)).float(),
+                                                      torch.tensor([1.9]))[0], atol=2e-3, rtol=0)

@@ -1,4 +1,5 @@
-"""The consistency-training example, run for a few CPU steps on real images (examples/train_consistency_model.py)."""
+"""The training examples, run for a few CPU steps on real images (examples/train_consistency_model.py,
+examples/train_diffusion_model.py and their shared examples/_training.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from mfd_loss.perturbations import label_spec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
+import _training  # noqa: E402
 import train_consistency_model as example  # noqa: E402
+import train_diffusion_model as diffusion  # noqa: E402
 
 TINY_NET = ["--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none"]
 
@@ -31,11 +34,11 @@ def sample_data(monkeypatch):
 
     def load_images(dataset, split, data_dir=None):
         if dataset == "mnist":
-            return example.load_images.__wrapped__(dataset, split, data_dir)
+            return load_images.__wrapped__(dataset, split, data_dir)
         return images, labels
 
-    load_images.__wrapped__ = example.load_images
-    monkeypatch.setattr(example, "load_images", load_images)
+    load_images.__wrapped__ = _training.load_images
+    monkeypatch.setattr(_training, "load_images", load_images)
 
 
 def _feature_map(folder: Path, channels: int = 3) -> str:
@@ -96,11 +99,15 @@ def test_pixel_baselines_run(tmp_path, loss):
     assert summary["step"] == 2 and all(math.isfinite(e["loss"]) for e in summary["log"])
 
 
-def test_resume_is_exact(tmp_path):
-    common = ["--loss", "pseudo-huber", "--checkpoint-every", "2", "--dropout", "0.2"]
-    example.main(example.parse_args(_args(tmp_path / "straight", *common, "--steps", "4")))
-    example.main(example.parse_args(_args(tmp_path / "stopped", *common, "--steps", "2")))
-    example.main(example.parse_args(_args(tmp_path / "stopped", *common, "--steps", "4", "--resume")))
+@pytest.mark.parametrize("script", ["consistency", "diffusion"])
+def test_resume_is_exact(tmp_path, script):
+    """Stopping at step 2 and resuming to 4 gives the weights of a straight run to 4 (dropout on)."""
+    module, make, extra = {"consistency": (example, _args, ["--loss", "pseudo-huber"]),
+                           "diffusion": (diffusion, _denoiser_args, [])}[script]
+    common = [*extra, "--checkpoint-every", "2", "--dropout", "0.2"]
+    module.main(module.parse_args(make(tmp_path / "straight", *common, "--steps", "4")))
+    module.main(module.parse_args(make(tmp_path / "stopped", *common, "--steps", "2")))
+    module.main(module.parse_args(make(tmp_path / "stopped", *common, "--steps", "4", "--resume")))
     a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt"), load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
     assert a["step"] == b["step"] == 4
     for key in ("model", "ema"):
@@ -143,7 +150,7 @@ def test_frechet_distance_with_classifier(tmp_path):
 
 def test_mnist_with_grey_feature_map(tmp_path):
     try:
-        example.load_images.__wrapped__("mnist", "test")
+        _training.load_images.__wrapped__("mnist", "test")
     except FileNotFoundError:
         pytest.skip("MNIST archive not available")
     fmap = _feature_map(tmp_path / "fmap", channels=1)
@@ -155,7 +162,7 @@ def test_mnist_with_grey_feature_map(tmp_path):
 def test_mnist_with_the_shipped_mnist_map(tmp_path):
     """--dataset mnist defaults to the shipped 28x28 'mnist' map, applied to the digits inside the padding."""
     try:
-        example.load_images.__wrapped__("mnist", "test")
+        _training.load_images.__wrapped__("mnist", "test")
     except FileNotFoundError:
         pytest.skip("MNIST archive not available")
     summary = example.main(example.parse_args(_args(tmp_path / "run", "--dataset", "mnist", "--loss", "mfd",
@@ -176,7 +183,7 @@ def test_ddp_two_processes_match_one(tmp_path):
     script = str(ROOT / "examples" / "train_consistency_model.py")
     # The subprocesses read real MNIST (no monkeypatching across processes); skip when it is absent.
     try:
-        example.load_images.__wrapped__("mnist", "test")
+        _training.load_images.__wrapped__("mnist", "test")
     except FileNotFoundError:
         pytest.skip("MNIST archive not available")
     from mfd_loss.datasets import find_data_dir
@@ -199,3 +206,134 @@ def test_diffusers_network_when_installed():
     net = build_network("diffusers", in_channels=3, channels=32, channel_mult=(1, 2), num_blocks=1, attention=(),
                         dropout=0.1, resolution=32)
     assert net(torch.zeros(2, 3, 32, 32), torch.zeros(2)).shape == (2, 3, 32, 32)
+
+
+def test_training_clock_never_runs_backwards_across_a_resume(tmp_path, monkeypatch):
+    """The logged train_seconds stay monotone however long a checkpoint write takes.
+
+    A controlled clock advances 1 ms per reading, and the first checkpoint write takes 10 s. An evaluation
+    right after that checkpoint must not count the write: the resumed run restarts from the checkpointed
+    clock, so an evaluation that counted it would sit ~10 s above every later one (the flaky
+    test_convergence_smoke_resumes_and_rereads: 0.44 s at step 1, 0.33 s at step 2 after a resume)."""
+    import time
+
+    now = [1000.0]
+
+    def monotonic():
+        now[0] += 1e-3
+        return now[0]
+
+    real_save, saves = torch.save, []
+
+    def slow_first_save(*a, **k):
+        saves.append(1)
+        if len(saves) == 1:
+            now[0] += 10.0
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(time, "monotonic", monotonic)
+    monkeypatch.setattr(torch, "save", slow_first_save)
+    common = ["--loss", "l2", "--checkpoint-every", "1"]
+    args = _args(tmp_path / "run", *common)
+    args[args.index("--eval-every") + 1] = "1"
+    example.main(example.parse_args([*args, "--steps", "1"]))
+    example.main(example.parse_args([*args, "--steps", "3", "--resume"]))
+    clocks = [json.loads(line)["eval"]["train_seconds"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if '"eval"' in line]
+    assert len(clocks) == 4 and len(saves) == 3
+    assert all(a <= b for a, b in zip(clocks, clocks[1:])), clocks
+    assert clocks[-1] < 5.0, clocks  # the 10 s write counts nowhere
+
+
+def test_mfd_init_random_keeps_the_architecture_not_the_weights():
+    shipped = example.build_objective("mfd", mfd_pretrained="cifar10").distance.feature_map
+    control = example.build_objective("mfd", mfd_pretrained="cifar10", mfd_init="random").distance.feature_map
+    again = example.build_objective("mfd", mfd_pretrained="cifar10", mfd_init="random").distance.feature_map
+    a, b, c = (dict(m.state_dict()) for m in (shipped, control, again))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert control.config == shipped.config
+    weights = [k for k in a if k.endswith("weight") and a[k].ndim == 4]  # the convolutions
+    assert weights and all(not torch.equal(a[k], b[k]) for k in weights)
+    assert all(torch.equal(b[k], c[k]) for k in b)  # seeded: the same control every time
+    assert not any(p.requires_grad for p in control.parameters())
+    with pytest.raises(ValueError, match="mfd_init"):
+        example.build_objective("mfd", mfd_init="imagenet")
+
+
+# ------------------------------------------------------------------------------ the diffusion example
+def _denoiser_args(out: Path, *extra: str) -> list[str]:
+    return ["--out", str(out), "--batch-size", "8", "--log-every", "1", "--eval-every", "1000", "--fd-network", "none",
+            "--num-samples", "4", "--sampler-steps", "3", "--no-progress", "--dropout", "0", *TINY_NET, *extra]
+
+
+def _fixed_denoising_error(model, images: torch.Tensor) -> float:
+    """EDM's weighted error on a fixed batch at fixed noise levels, dropout off."""
+    from mfd_loss.consistency import edm_loss_weight
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = images[:32].float() / 127.5 - 1
+    sigma = torch.tensor([0.1, 0.5, 1.0, 3.0]).repeat(8)
+    noise = torch.randn(x0.shape, generator=gen)
+    with torch.no_grad():
+        d = model.eval()(x0 + sigma[:, None, None, None] * noise, sigma)
+    return float((edm_loss_weight(sigma) * (d - x0).square().flatten(1).mean(1)).mean())
+
+
+def test_diffusion_training_lowers_the_denoising_error(tmp_path):
+    """40 Adam steps on real CIFAR-10 images: the EMA denoiser's weighted error on a fixed noisy batch falls
+    well below the zero-initialised network's (D = c_skip x, error about 1 for data of variance sigma_data^2)."""
+    summary = diffusion.main(diffusion.parse_args(_denoiser_args(tmp_path / "edm", "--steps", "40", "--ema-decay", "0.9")))
+    images = load_sample_images()[0]
+    ckpt = load_checkpoint(tmp_path / "edm" / "checkpoint.pt")
+    start = _training.build_denoiser(ckpt["args"], 3)
+    trained = _training.load_denoiser(str(tmp_path / "edm" / "checkpoint.pt"), 3, torch.device("cpu"))
+    assert _fixed_denoising_error(trained, images) < 0.8 * _fixed_denoising_error(start, images)
+    assert summary["step"] == 40 and all(math.isfinite(e["loss"]) for e in summary["log"])
+    assert Path(summary["last_eval"]["grid_heun"]).is_file()
+
+
+def test_diffusion_resume_rejects_another_schedule(tmp_path):
+    diffusion.main(diffusion.parse_args(_denoiser_args(tmp_path / "run", "--steps", "1")))
+    with pytest.raises(ValueError, match="different"):
+        diffusion.main(diffusion.parse_args(_denoiser_args(tmp_path / "run", "--steps", "2", "--resume", "--p-mean", "0")))
+
+
+@pytest.fixture
+def denoiser_checkpoint(tmp_path) -> str:
+    diffusion.main(diffusion.parse_args(_denoiser_args(tmp_path / "edm", "--steps", "2")))
+    return str(tmp_path / "edm" / "checkpoint.pt")
+
+
+def test_consistency_tuning_starts_from_the_denoiser(tmp_path, denoiser_checkpoint):
+    summary = example.main(example.parse_args(_args(tmp_path / "tuned", "--loss", "pseudo-huber", "--steps", "1",
+                                                    "--dropout", "0", "--init", denoiser_checkpoint)))
+    assert summary["step"] == 1
+    teacher = _training.load_denoiser(denoiser_checkpoint, 3, torch.device("cpu"))
+    first = load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
+    assert first["args"]["init"] == denoiser_checkpoint
+    # step 0's EMA is the denoiser itself: its 1-step sample is the denoiser's D(80 z, 80)
+    z = torch.randn(2, 3, 32, 32)
+    model = _training.build_denoiser(first["args"], 3)
+    _training.init_weights(model, denoiser_checkpoint)
+    torch.testing.assert_close(model.eval()(80 * z, torch.full((2,), 80.0)), teacher(80 * z, torch.full((2,), 80.0)))
+    with pytest.raises(ValueError, match="channels=8 where this run has 16"):
+        example.main(example.parse_args(_args(tmp_path / "wide", "--loss", "l2", "--steps", "1", "--init",
+                                              denoiser_checkpoint, "--channels", "16")))
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler"])
+def test_distillation_mode_targets_the_teacher_step(tmp_path, denoiser_checkpoint, monkeypatch, solver):
+    """--teacher: the target of every step is distillation_target(model, teacher, x_t, t, r, solver)."""
+    calls = []
+    real = example.distillation_target
+
+    def spy(student, teacher, x_t, t, r, chosen):
+        calls.append((chosen, type(teacher).__name__, teacher.training, x_t.shape))
+        return real(student, teacher, x_t, t, r, chosen)
+
+    monkeypatch.setattr(example, "distillation_target", spy)
+    summary = example.main(example.parse_args(_args(
+        tmp_path / "cd", "--loss", "pseudo-huber", "--steps", "2", "--dropout", "0", "--teacher", denoiser_checkpoint,
+        "--teacher-solver", solver, "--channels", "16")))  # the student may be wider than the teacher
+    assert summary["step"] == 2 and all(math.isfinite(e["loss"]) for e in summary["log"])
+    assert calls == [(solver, "EDMDenoiser", False, (8, 3, 32, 32))] * 2
