@@ -54,7 +54,7 @@ OPS: dict[str, OpSpec] = {
         OpSpec("brightness", "colour", ("brightness_w",), ((-_INF, _INF),),
                "w ~ N(0,1); add 0.2 w to every channel (input units of [-1, 1])"),
         OpSpec("contrast", "colour", ("contrast_w",), ((-_INF, _INF),),
-               "w ~ N(0,1); scale around the per-image mean by 2^(0.5 w)"),
+               "w ~ N(0,1); multiply the [-1, 1] image by 2^(0.5 w) (pivot 0 = mid-grey)"),
         OpSpec("hue", "colour", ("hue_cos_minus_1", "hue_sin"), ((-2.0, 0.0), (-1.0, 1.0)),
                "theta ~ U(-pi, pi); rotation about the grey (luma) axis", needs_rgb=True),
         OpSpec("saturation", "colour", ("saturation_w",), ((-_INF, _INF),),
@@ -62,7 +62,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("blur", "degradation", ("blur_sigma",), ((0.0, 3.0),),
                "sigma ~ U(0, 3], sigma > 0; separable Gaussian blur, reflect padding"),
         OpSpec("mixup", "degradation", ("mixup_lambda",), ((0.0, 0.5),),
-               "lambda = 0.5 * Beta(1, 3); x <- x + lambda (x_partner - x), partner another clean sample"),
+               "lambda = 0.5 * Beta(1, 3); x <- x + lambda (x_partner - x), both after warp, colour and blur; "
+               "the partner is another sample"),
         OpSpec("noise", "degradation", ("noise_std",), ((0.0, 0.5),),
                "s ~ U(0, 0.5); x <- x + s n, n Gaussian rescaled to per-pixel RMS exactly 1"),
     )
