@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import threading
 import warnings
 from typing import Any, Mapping
 
@@ -29,10 +30,56 @@ _DEFAULT_PRETRAINED = _DefaultName("cifar10")
 
 
 class _FrozenMap:
-    """Holds the feature map out of ``nn.Module``'s registry, so that no host call reaches it (see ``MFD``)."""
+    """Holds the feature map out of ``nn.Module``'s registry, so that no host call reaches it (see ``MFD``).
+
+    ``copies`` holds, per device, the copies of the map that ``nn.DataParallel`` replicas use (see
+    :class:`_ReplicaMap`); a device or dtype move of the map (``MFD._apply``) drops them."""
 
     def __init__(self, module: nn.Module):
         self.module = module
+        self.copies: dict[torch.device, nn.Module] = {}
+        self.lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> "_FrozenMap":
+        return _FrozenMap(copy.deepcopy(self.module, memo))
+
+    @property
+    def original(self) -> "_FrozenMap":
+        """The holder that owns the map and its copies: this one (a :class:`_ReplicaMap` names its original)."""
+        return self
+
+    def on(self, device: torch.device) -> nn.Module:
+        """The map, moved to ``device`` when it is elsewhere (once: later calls there only compare devices)."""
+        parameter = next(self.module.parameters(), None)
+        if parameter is not None and parameter.device != device:
+            self.module.to(device)
+        return self.module
+
+
+class _ReplicaMap:
+    """What an ``nn.DataParallel`` replica holds: its original's map, never moved.
+
+    The replicas of one forward run in parallel threads, one per GPU, and all see the original's map. Moving
+    that shared map to each replica's device (as :meth:`_FrozenMap.on` does) would move it under the other
+    threads' feet; a replica instead uses the map itself where it already is, and elsewhere a copy made once
+    per device, kept by the original (DataParallel builds new replicas on every forward)."""
+
+    def __init__(self, original: _FrozenMap):
+        self.original = original
+
+    @property
+    def module(self) -> nn.Module:
+        return self.original.module
+
+    def on(self, device: torch.device) -> nn.Module:
+        fmap = self.original.module
+        parameter = next(fmap.parameters(), None)
+        if parameter is None or parameter.device == device:
+            return fmap
+        with self.original.lock:
+            if device not in self.original.copies:
+                self.original.copies[device] = copy.deepcopy(fmap).to(device)
+            return self.original.copies[device]
 
 
 def _fingerprint(module: nn.Module) -> str | None:
@@ -117,7 +164,8 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
     Device: the module follows ``.to(device)``; when called with inputs on another device (a loss held by an
     object that is not an ``nn.Module``, such as openai/consistency_models' ``KarrasDenoiser``), it moves its
-    feature map to the inputs' device on that first call, and later calls pay nothing.
+    feature map to the inputs' device on that first call, and later calls pay nothing. Under ``nn.DataParallel``
+    the replica on each further GPU uses a copy of the map made once for that GPU; the shared map never moves.
 
     Examples:
         >>> from mfd_loss import MFD, VGGFeatureMap, FeatureMapConfig
@@ -211,7 +259,14 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         super()._apply(fn, recurse)
         if recurse:
             self.feature_map._apply(fn)
+            self._frozen.original.copies.clear()  # DataParallel copies of the map before the move are stale
         return self
+
+    def _replicate_for_data_parallel(self) -> "ManifoldFeatureDistance":
+        """A replica for ``nn.DataParallel`` that uses a map on its own device, never moving the shared one."""
+        replica = super()._replicate_for_data_parallel()
+        object.__setattr__(replica, "_frozen", _ReplicaMap(self._frozen.original))
+        return replica
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -250,7 +305,8 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         reference = state.pop("_reference", None)
         fingerprint = state.pop("_fingerprint", None)
         super().__setstate__(state)
-        if fmap is None and packed is None:  # pickled before 0.1.0: the map was a registered submodule
+        legacy = fmap is None and packed is None
+        if legacy:  # pickled before 0.1.0: the map was a registered submodule, the call options did not exist
             fmap = self._modules.pop("feature_map")
         reference = None if reference is None else PretrainedReference.from_dict(reference)
         if packed is not None:
@@ -258,6 +314,8 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         self._attach(fmap, reference)
         if packed is None:
             self._fingerprint = fingerprint
+        if legacy:
+            self._init_call_contract(resize=None, validate_args=True)  # the defaults, as the old module behaved
 
     def __deepcopy__(self, memo: dict) -> "ManifoldFeatureDistance":
         """An in-memory copy (the map included); no reload from disk, unlike pickling."""
@@ -308,9 +366,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         """
         fmap = self.feature_map
         if isinstance(prediction, Tensor) and isinstance(target, Tensor) and prediction.device == target.device:
-            parameter = next(fmap.parameters(), None)
-            if parameter is not None and parameter.device != prediction.device:
-                fmap.to(prediction.device)  # once; a Python check on later calls
+            fmap = self._frozen.on(prediction.device)  # moved once; a DataParallel replica uses its own copy
         check_pair(fmap, prediction, target, weight, self.resize)
         if self.validate_args and prediction.device.type != "meta":
             for name, x in (("prediction", prediction), ("target", target)):

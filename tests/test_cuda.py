@@ -146,3 +146,27 @@ def test_perturbations_of_device_images_match_the_cpu(images, no_tf32):
     assert perturbed.device.type == labels.device.type == torch.device(DEV).type
     torch.testing.assert_close(labels.cpu(), expected_labels, rtol=0, atol=0)
     torch.testing.assert_close(perturbed.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nn.DataParallel over devices needs 2 or more GPUs")
+def test_data_parallel_over_gpus_matches_one_device(tiny_map, images):
+    """Each replica uses a map on its own GPU; the shared map stays on GPU 0 and the values match the CPU's."""
+    from torch import nn
+
+    class Host(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.loss = MFD(pretrained=None, feature_map=tiny_map)
+
+        def forward(self, x, y):
+            return self.loss(x, y)
+
+    x, y = images[:16], images[16:32]
+    expected = Host()(x, y)
+    host = Host().cuda()
+    parallel = nn.DataParallel(host)
+    for _ in range(3):
+        out = parallel(x.cuda(), y.cuda())
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
+    assert all(p.device == torch.device("cuda:0") for p in host.loss.feature_map.parameters())
+    assert set(host.loss._frozen.copies) == {torch.device(f"cuda:{i}") for i in range(1, torch.cuda.device_count())}

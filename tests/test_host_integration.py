@@ -155,6 +155,43 @@ def test_snapshot_pickle_stores_a_reference_not_the_weights(shipped, fixed, tiny
     assert torch.equal(again.feature_map.head.bias, edited.feature_map.head.bias)
 
 
+def _old_loss_class() -> type:
+    """The loss class as mfd-loss before 0.1.0 defined it (f1eecc9), under the real class's name: the map a
+    registered submodule, and none of the later attributes (resize, validate_args, the input range, the
+    warned-once flag, the map holder)."""
+
+    def __init__(self, feature_map: nn.Module, normalize: bool = False):
+        nn.Module.__init__(self)
+        self.config = {}
+        self.feature_map = feature_map.eval().requires_grad_(False)
+        self.distance, self.normalize, self.reduction = "group", normalize, "none"
+
+    return type("ManifoldFeatureDistance", (nn.Module,), {"__init__": __init__, "__module__": "mfd_loss.loss",
+                                                          "__qualname__": "ManifoldFeatureDistance"})
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_unpickles_a_loss_pickled_before_0_1_0(tiny_map, fixed, monkeypatch, normalize):
+    import mfd_loss.loss
+
+    x, y = fixed
+    if normalize:
+        x, y = (x + 1) / 2, (y + 1) / 2
+    old_class = _old_loss_class()
+    with monkeypatch.context() as m:  # pickle an old object under the class's real name
+        m.setattr(mfd_loss.loss, "ManifoldFeatureDistance", old_class)
+        old = pickle.dumps(Host(old_class(copy.deepcopy(tiny_map), normalize=normalize)))
+    restored = pickle.loads(old)
+    assert type(restored.loss) is MFD and "feature_map" not in restored.loss._modules
+    assert restored.loss.resize is None and restored.loss.validate_args
+    with torch.no_grad():
+        assert torch.equal(restored.loss(x, y), MFD(feature_map=tiny_map, normalize=normalize)(x, y))
+    with pytest.warns(Warning, match="shown once"):  # the range warning works (and fires once)
+        restored.loss(x * 255, y * 255)
+    with pytest.raises(ValueError, match="NaN"):
+        restored.loss(torch.full_like(x, float("nan")), y)
+
+
 def test_ddp_broadcast_of_parameters_and_buffers_leaves_the_map_intact(shipped, fixed, tmp_path):
     x, y = fixed
     ours = Host(copy.deepcopy(shipped), seed=5)

@@ -469,6 +469,28 @@ def test_follows_the_inputs_device_once(tiny_map):
     assert next(tiny_map.parameters()).device.type == "cpu"  # the caller's map is untouched
 
 
+def test_data_parallel_replicas_never_move_the_shared_map(tiny_map, images):
+    """nn.DataParallel runs one replica per GPU in parallel threads; each must use a map on its own device
+    rather than move the map all replicas share (here the CPU stands for GPU 0 and meta for GPU 1)."""
+    loss = MFD(pretrained=None, feature_map=tiny_map)
+    on_cpu = loss.feature_map
+    x, y = images[:2], images[2:4]
+    with torch.no_grad():
+        expected = loss(x, y)
+    replicas = [loss._replicate_for_data_parallel() for _ in range(2)]  # DataParallel replicates every forward
+    meta = [r(x.to("meta"), y.to("meta")) for r in replicas]
+    assert all(out.device.type == "meta" and out.shape == (2,) for out in meta)
+    assert all(p.device.type == "cpu" for p in on_cpu.parameters())  # the shared map stayed where it was
+    assert loss.feature_map is on_cpu and all(r.feature_map is on_cpu for r in replicas)
+    copies = loss._frozen.copies
+    assert list(copies) == [torch.device("meta")] and copies[torch.device("meta")] is not on_cpu  # one copy, reused
+    with torch.no_grad():
+        assert torch.equal(replicas[0](x, y), expected)  # the replica on the map's device uses the map itself
+        assert torch.equal(loss(x, y), expected)
+    loss.double()  # moving or casting the original drops the copies made from its old state
+    assert not loss._frozen.copies
+
+
 def test_device_mismatch_errors_name_both_devices(tiny_map, images):
     meta_map = _copy.deepcopy(tiny_map).to("meta")
     with pytest.raises(ValueError, match=r"feature map is on meta but the inputs are on cpu.*feature_map.to\('cpu'\)"):
