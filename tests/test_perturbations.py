@@ -640,3 +640,31 @@ def test_reflect_pad_beyond_the_image_size_continues_the_mirror():
     row = reflect_pad(x, 9)[0, 0, 9]  # independent formula: index i -> mirror with period 2 (n - 1)
     want = [(lambda j: j if j < 5 else 8 - j)((i - 9) % 8) for i in range(23)]
     assert row.tolist() == [float(v) for v in want]
+
+
+def test_label_spec_records_its_pipeline_version_and_old_files_are_version_1():
+    from mfd_loss.perturbations import PIPELINE_VERSION
+
+    spec = label_spec("all")
+    assert spec.pipeline == PIPELINE_VERSION == 2
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert data["pipeline"] == 2 and LabelSpec.from_dict(data) == spec
+    old = {k: v for k, v in data.items() if k != "pipeline"}  # a config.json of mfd-loss 0.1
+    assert LabelSpec.from_dict(old).pipeline == 1 and LabelSpec.from_dict(old) != spec
+    # the pipeline produces only the current conventions: labels of another version are refused
+    with pytest.raises(ValueError, match=r"pipeline 1, but mfd-loss .* implements pipeline 2"):
+        Perturbations(LabelSpec.from_dict(old))
+
+
+def test_shipped_maps_declare_the_pipeline_they_were_trained_with():
+    from mfd_loss.pretrained import embedded_path, get_pretrained_spec, list_pretrained
+
+    folders = [embedded_path(get_pretrained_spec(name)) for name in list_pretrained()]
+    assert any(folder is not None for folder in folders)
+    for name, folder in zip(list_pretrained(), folders):
+        if folder is None:
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        spec = LabelSpec.from_dict(config["label_spec"])
+        assert spec.pipeline == config["label_spec"].get("pipeline", 1)
+        assert "pipeline" in config["label_spec"], name  # stated explicitly, not left to the default

@@ -122,6 +122,18 @@ def test_resume_with_another_architecture_raises(tmp_path, sample_uint8):
                           architecture=FeatureMapConfig(arch="vgg11", width=0.25), progress=False)
 
 
+def test_resume_across_perturbation_pipeline_versions_is_refused(tmp_path, sample_uint8):
+    from mfd_loss.checkpoint import save_checkpoint
+
+    run(sample_uint8, tmp_path, 2)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["label_spec"]["pipeline"] == 2
+    del state["label_spec"]["pipeline"]  # as written by mfd-loss 0.1: pipeline 1
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match=r"perturbation pipeline 1 .* implements pipeline 2"):
+        run(sample_uint8, tmp_path, 4)
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 
 

@@ -13,9 +13,18 @@ from .degradation import DegradationParams, apply_degradation, sample_degradatio
 from .geometric import GeometricParams, apply_geometric, sample_geometric
 from ._random import gate
 from .custom import CUSTOM
-from .spec import LabelSpec, label_spec
+from .spec import PIPELINE_VERSION, LabelSpec, label_spec
 
 __all__ = ["PerturbationParams", "Perturbations"]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mfd-loss")
+    except metadata.PackageNotFoundError:
+        return "(source tree)"
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,8 @@ class Perturbations:
             spec missing from the mapping are off). The paper ramps p from 0 to 0.15.
 
     Raises:
-        ValueError: unknown preset/op, a probability outside [0, 1], or a mapping naming an op that
-            is not in the spec.
+        ValueError: unknown preset/op, a probability outside [0, 1], a mapping naming an op that
+            is not in the spec, or a spec of another pipeline version (:data:`PIPELINE_VERSION`).
 
     Examples:
         >>> g = torch.Generator().manual_seed(0)
@@ -56,6 +65,13 @@ class Perturbations:
 
     def __init__(self, spec: str | Iterable[str] | LabelSpec = "all", p: float | Mapping[str, float] = 0.15):
         self.spec = label_spec(spec)
+        if self.spec.pipeline != PIPELINE_VERSION:
+            raise ValueError(
+                f"this label spec was produced with perturbation pipeline {self.spec.pipeline}, but mfd-loss "
+                f"{_version()} implements pipeline {PIPELINE_VERSION} (the conventions changed: see "
+                "docs/how-it-works.md); labels from one do not describe images of the other. Train a new map, or "
+                "evaluate with the mfd-loss release that trained it"
+            )
         self.p = self._probabilities(p)
 
     def _probabilities(self, p: float | Mapping[str, float]) -> dict[str, float]:

@@ -11,9 +11,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-__all__ = ["OpSpec", "LabelSpec", "OPS", "PRESETS", "label_spec"]
+__all__ = ["OpSpec", "LabelSpec", "OPS", "PRESETS", "PIPELINE_VERSION", "label_spec"]
 
 _INF = math.inf
+
+#: Version of the perturbation conventions this package implements (METHOD.md Sec. 3). 1: mfd-loss 0.1
+#: (bicubic resampling that blurred at the identity, edge-repeating padding, contrast about the image mean,
+#: rotation sign reversed, aniso stretch before rotation, mixup with the partner's clean image); 2: the authors'
+#: conventions, since mfd-loss 0.2. A map's labels mean what its pipeline version says, so the version travels in
+#: every label spec (``config.json``, checkpoints); files without one are version 1.
+PIPELINE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -94,12 +101,15 @@ class LabelSpec:
 
     Args:
         ops: names of the perturbations (keys of :data:`OPS`).
+        pipeline: the perturbation conventions the labels were produced with (:data:`PIPELINE_VERSION`);
+            :class:`~mfd_loss.perturbations.Perturbations` produces only the current one.
 
     Raises:
         ValueError: an unknown op name, a duplicate, or an empty list.
     """
 
     ops: tuple[str, ...]
+    pipeline: int = PIPELINE_VERSION
 
     def __post_init__(self) -> None:
         ops = tuple(self.ops)
@@ -143,10 +153,11 @@ class LabelSpec:
 
         Strict JSON has no ``Infinity``: an unbounded end of a label's range is written as ``null``
         (``[null, null]`` for a normally distributed parameter). :meth:`from_dict` reads both that and the
-        ``-Infinity`` / ``Infinity`` of files written before 0.1.0.
+        ``-Infinity`` / ``Infinity`` of files written by mfd-loss 0.1.
         """
         return {
             "ops": list(self.ops),
+            "pipeline": self.pipeline,
             "labels": [
                 {"name": name, "op": op, "group": OPS[op].group, "range": [_json_bound(lo), _json_bound(hi)]}
                 for op in self.ops
@@ -156,12 +167,13 @@ class LabelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LabelSpec":
-        """Inverse of :meth:`to_dict`; checks that the stored label names match this version's.
+        """Inverse of :meth:`to_dict`; checks that the stored label names match this version's. A file without
+        ``"pipeline"`` was written by mfd-loss 0.1 (pipeline 1).
 
         Raises:
             ValueError: the stored labels differ from what these ops define here.
         """
-        spec = cls(tuple(data["ops"]))
+        spec = cls(tuple(data["ops"]), pipeline=int(data.get("pipeline", 1)))
         stored = [entry["name"] for entry in data.get("labels", [])]
         if stored and tuple(stored) != spec.labels:
             raise ValueError(
