@@ -17,7 +17,7 @@ from .trainer import TrainConfig, train_feature_map
 from . import consistency, diagnostics, sampling
 from .objectives import TangentLoss, pseudo_huber, tangent_loss
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ManifoldFeatureDistance",

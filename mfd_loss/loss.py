@@ -111,7 +111,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
     ``named_parameters()`` (hence optimisers, EMA copies such as diffusers' ``EMAModel`` or ECT's
     ``deepcopy`` + ``lerp_``, DDP's parameter and buffer broadcasts), ``.apply(init_fn)``, ``state_dict()``
     and ``load_state_dict()``. A parent's checkpoint therefore holds no map tensors and round-trips strictly
-    with or without an MFD attached; the map of a checkpoint written before 0.1.0 (keys
+    with or without an MFD attached; the map of a checkpoint written by mfd-loss 0.1 (keys
     ``*.feature_map.*``) is ignored on loading, never copied in (a ``UserWarning`` says so when it differs
     from this module's map). Device and dtype moves do reach the map: ``parent.to(device)``, ``.cuda()``,
     ``.half()``, ``.bfloat16()`` convert it like any submodule (the distance still reduces in float32).
@@ -270,7 +270,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        """Drop map tensors of checkpoints written before 0.1.0; they never replace this module's map."""
+        """Drop map tensors of checkpoints written by mfd-loss 0.1; they never replace this module's map."""
         old = prefix + "feature_map."
         legacy = {k[len(old):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(old)]}
         if legacy:
@@ -281,7 +281,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
             if not same:
                 warnings.warn(
                     f"the checkpoint holds {len(legacy)} feature-map tensors under {old!r} (the format of mfd-loss "
-                    "before 0.1.0) that differ from this MFD's map; they were ignored. An MFD's map is fixed when "
+                    "by mfd-loss 0.1) that differ from this MFD's map; they were ignored. An MFD's map is fixed when "
                     "it is built and never comes from a host checkpoint: to use that map, load it into a feature "
                     "map, save it with save_pretrained, and build MFD(pretrained=FOLDER)", UserWarning, stacklevel=2)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -306,7 +306,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         fingerprint = state.pop("_fingerprint", None)
         super().__setstate__(state)
         legacy = fmap is None and packed is None
-        if legacy:  # pickled before 0.1.0: the map was a registered submodule, the call options did not exist
+        if legacy:  # pickled by mfd-loss 0.1: the map was a registered submodule, the call options did not exist
             fmap = self._modules.pop("feature_map")
         reference = None if reference is None else PretrainedReference.from_dict(reference)
         if packed is not None:

@@ -162,7 +162,7 @@ def save_feature_map(
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a ``config.json`` (files written before 0.1.0 with ``Infinity`` in them are read too).
+    """Read and check a ``config.json`` (files written by mfd-loss 0.1, with ``Infinity`` in them are read too).
 
     Raises:
         IntegrityError: not JSON, or not a JSON object.

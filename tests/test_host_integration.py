@@ -113,7 +113,7 @@ def test_host_checkpoints_round_trip_strictly_with_and_without_mfd(shipped, fixe
 
 
 def test_old_checkpoint_with_a_random_map_never_replaces_the_pretrained_one(shipped, fixed):
-    # Before 0.1.0 a host's state_dict carried "loss.feature_map.*"; such keys are ignored, never loaded, and
+    # In mfd-loss 0.1 a host's state_dict carried "loss.feature_map.*"; such keys are ignored, never loaded, and
     # a warning says so when they differ from the MFD's own map.
     host = Host(copy.deepcopy(shipped))
     x, y = fixed
@@ -156,7 +156,7 @@ def test_snapshot_pickle_stores_a_reference_not_the_weights(shipped, fixed, tiny
 
 
 def _old_loss_class() -> type:
-    """The loss class as mfd-loss before 0.1.0 defined it (f1eecc9), under the real class's name: the map a
+    """The loss class as mfd-loss 0.1 defined it (f1eecc9), under the real class's name: the map a
     registered submodule, and none of the later attributes (resize, validate_args, the input range, the
     warned-once flag, the map holder)."""
 

@@ -193,7 +193,7 @@ def test_exported_config_is_strict_json_and_old_infinity_configs_still_load(expo
     assert config["metrics"] == {"r2": {"scale_w": None}, "best": None} and config["steps"] == 3
     assert config["label_spec"]["labels"][0]["range"] == [None, None]
     assert config["label_spec"]["labels"][1]["range"] == [-2.0, 0.0]
-    # a config written before 0.1.0 (Infinity in the label ranges, no recorded hash) still loads
+    # a config written by mfd-loss 0.1 (Infinity in the label ranges, no recorded hash) still loads
     for entry in config["label_spec"]["labels"]:
         entry["range"] = [float("-inf") if entry["range"][0] is None else entry["range"][0],
                           float("inf") if entry["range"][1] is None else entry["range"][1]]
