@@ -78,11 +78,6 @@ def symlet_length() -> int:
     return len(symlet_lowpass())
 
 
-def symlet_length() -> int:
-    """L, the number of taps of the resampling filter."""
-    return len(symlet_lowpass())
-
-
 @functools.lru_cache(maxsize=None)
 def filter_delay() -> float:
     """Where a sample's content lands on the 2x grid: the filter's group delay over the passband [0, pi/2]
