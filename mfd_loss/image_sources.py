@@ -31,16 +31,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 class ImageTensorDataset(Dataset):
     """Images held in one (N, C, H, W) tensor (uint8 in [0, 255], or float in a declared range).
 
-    Batched fetches (``__getitems__``) slice the tensor instead of stacking N single items.
+    Batched fetches (``__getitems__``) slice the tensor instead of stacking N single items. ``description``
+    says where the images came from (recorded by the trainer; e.g. which copy of a named data set was read).
     """
 
-    def __init__(self, images: Tensor):
+    def __init__(self, images: Tensor, description: str | None = None):
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"expected an (N, C, H, W) tensor of images, got {shape}")
         if images.shape[0] == 0:
             raise ValueError("the image tensor is empty (N = 0)")
         self.images = images
+        self.description = description
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -176,9 +178,11 @@ def open_image_source(
     if text in ("cifar10", "mnist"):
         try:
             images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[text](split, root)
+            origin = "the project archive" + (" (JPEG-decoded pixels)" if text == "cifar10" else "")
         except FileNotFoundError as err:
             images = _torchvision_copy(text, split, root, reason=str(err))
-        return ImageTensorDataset(images)
+            origin = f"torchvision's {_TORCHVISION_NAMES[text]} (lossless pixels)"
+        return ImageTensorDataset(images, description=f"{text} {split}, {origin}")
     if text.startswith("torchvision:"):
         import torchvision.datasets as tvd
 

@@ -24,7 +24,7 @@ import signal
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -70,7 +70,8 @@ class TrainConfig:
     """Recipe of a feature-map training run (stored in the checkpoint and the exported ``config.json``).
 
     Attributes:
-        steps: optimiser steps in total (may be changed when resuming; with ``ramp_fraction`` the ramp scales with it).
+        steps: optimiser steps in total (may be changed when resuming; the ramp keeps the length in steps it had when
+            the run started, so a resumed run follows the schedule an uninterrupted one would).
         batch_size: images per step, over all processes.
         lr: RAdam learning rate.
         p_max: final per-op probability that a perturbation is on.
@@ -153,6 +154,18 @@ def recipe_settings(name: str) -> dict[str, Any]:
 def _mix(*values: int) -> int:
     """A 63-bit seed derived from integers (splitmix64-style), stable across runs and platforms."""
     h = 0x9E3779B97F4A7C15
+def _checkpoint_ramp_length(state: dict[str, Any]) -> int:
+    """The ramp length (steps) of a checkpoint's run: recorded when the run started; in checkpoints written
+    before it was recorded, resolved from the stored recipe (whose absolute ``ramp_steps`` is the ramp when it
+    has no ``ramp_fraction``, as in checkpoints written before ramp fractions existed)."""
+    if "ramp_length" in state:
+        return int(state["ramp_length"])
+    recipe = state["recipe"]
+    if "ramp_fraction" not in recipe or recipe.get("ramp_steps") is not None:
+        return int(recipe["ramp_steps"])
+    return round(recipe["ramp_fraction"] * recipe["steps"])
+
+
     for v in values:
         h = (h ^ (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
         h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
@@ -446,7 +459,8 @@ def train_feature_map(
             ``config.eval_fraction`` share of ``data`` is held out.
         input_range: value range of float data, e.g. (0, 1); uint8 data is [0, 255]. Checked on every batch.
         resume: continue from out_dir/checkpoint.pt when it exists (the recipe must match, except ``steps``, and
-            the data must be the same: see :func:`data_fingerprint`).
+            the data must be the same: see :func:`data_fingerprint`). The ramp keeps the length it had when the
+            run started, in steps, whatever ``steps`` becomes.
         max_minutes: stop (with a checkpoint) after this much wall-clock time; rerun to resume.
         device: where to train (``"cpu"``, ``"cuda"``; under torchrun each process takes ``cuda:LOCAL_RANK``);
             default: :func:`default_device` (CUDA when available).
@@ -478,7 +492,7 @@ def train_feature_map(
     out_dir = Path(out_dir)
     source, train_idx, eval_images, (channels, height, width) = _prepare_data(
         data, eval_data, config, input_range, **(source_kwargs or {}))
-    fingerprint = data_fingerprint(source, _describe_source(data))
+    fingerprint = data_fingerprint(source, getattr(source, "description", None) or _describe_source(data))
     eval_p = config.p_max if config.eval_p is None else config.eval_p
     if eval_images is not None:
         if eval_images.shape[0] < 2:
@@ -499,7 +513,7 @@ def train_feature_map(
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     arch = _fit_architecture(architecture or FeatureMapConfig(), channels, spec.num_labels, (height, width))
-    if input_range is not None and torch.as_tensor(source[train_idx[0]]).is_floating_point():
+    if input_range is not None and collate_images([source[train_idx[0]]]).is_floating_point():
         # float data (e.g. latents) was mapped from input_range onto [-1, 1]: record it, MFD applies it at call time
         arch = FeatureMapConfig(**{**arch.to_dict(), "data_range": tuple(input_range)})
     perturbations = Perturbations(spec, p=config.p_max)
@@ -513,9 +527,17 @@ def train_feature_map(
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved_arch = FeatureMapConfig.from_dict(state["architecture"]).to_dict()
+    ramp_length = config.ramp_length  # fixed when the run starts: a resume keeps it whatever `steps` becomes
         changed = {"architecture"} if saved_arch != arch.to_dict() else set()
         now = asdict(config)
-        changed |= {f"recipe.{k}" for k in now if k != "steps" and state["recipe"].get(k, now[k]) != now[k]}
+        ramp_length = _checkpoint_ramp_length(state)
+        # a checkpoint without ramp_fraction has an absolute ramp_steps as its only ramp setting: any ramp
+        # setting resumes it with that ramp, except another explicit ramp_steps
+        absolute = "ramp_fraction" not in state["recipe"]
+        kept = {"steps", "ramp_fraction", "ramp_steps"} if absolute else {"steps"}
+        changed |= {f"recipe.{k}" for k in now if k not in kept and state["recipe"].get(k, now[k]) != now[k]}
+        if absolute and config.ramp_steps is not None and config.ramp_steps != ramp_length:
+            changed.add("recipe.ramp_steps")
         if changed:
             values = "; ".join(f"{k}: {state['recipe'].get(k[7:])!r} in the checkpoint, {now[k[7:]]!r} now"
                                for k in sorted(changed) if k.startswith("recipe."))
@@ -542,15 +564,17 @@ def train_feature_map(
     loader = DataLoader(source, batch_sampler=StepBatchSampler(train_idx, config.batch_size, config.seed, step, config.steps),
                         collate_fn=collate_images, num_workers=num_workers, persistent_workers=False)
     recipe = asdict(config)
-    description = dataset or {"source": fingerprint["source"]}
-    description = {**description, "num_images": len(train_idx), "channels": channels, "resolution": [height, width],
+    schedule = replace(config, ramp_steps=ramp_length)  # the p schedule of this run
+    description = {"source": fingerprint["source"], **(dataset or {}), "num_images": len(train_idx),
+                   "channels": channels, "resolution": [height, width],
                    "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
 
     def checkpoint() -> None:
         if ctx.is_main:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "train_seconds": train_seconds, "recipe": recipe, "architecture": arch.to_dict(),
+                "step": step, "train_seconds": train_seconds, "recipe": recipe, "ramp_length": ramp_length,
+                "architecture": arch.to_dict(),
                 "label_spec": spec.to_dict(), "dataset": description, "last_eval": last_eval,
                 "data_fingerprint": fingerprint,
             })
@@ -567,7 +591,7 @@ def train_feature_map(
     with _StopRequested() as stop:
         for batch in loader:
             x = to_model_range(batch, input_range).to(ctx.device)
-            xp, labels = perturbations(x, generator=_generator(config.seed, 3, step), p=config.probability(step))
+            xp, labels = perturbations(x, generator=_generator(config.seed, 3, step), p=schedule.probability(step))
             with _autocast(ctx.device, config.precision):
                 prediction = net(xp[shard])[-1].flatten(1)
             loss = F.mse_loss(prediction.float(), labels[shard])
@@ -586,7 +610,7 @@ def train_feature_map(
             save_now = step % config.checkpoint_every == 0 or step == config.steps or halt_code
             now = time.monotonic()
             if ctx.is_main and (now - last_log > 30 or save_now):
-                row = {"step": step, "loss": running / running_n, "p": config.probability(step - 1),
+                row = {"step": step, "loss": running / running_n, "p": schedule.probability(step - 1),
                        "images_per_second": log_images / (now - last_log),
                        "train_seconds": train_seconds + now - started}
                 train_log.write(row)
@@ -683,7 +707,7 @@ def export_run(
         metrics = {**metrics, "images": eval_name}
     step = state["step"]
     recipe = {**asdict(config), "objective": "MSE on the perturbation label vector", "optimizer": "RAdam",
-              "weight_decay": 0.0, "ramp_length": config.ramp_length, "steps_done": step,
+              "weight_decay": 0.0, "ramp_length": _checkpoint_ramp_length(state), "steps_done": step,
               "images_seen": step * config.batch_size,
               "train_seconds": round(state["train_seconds"], 1), "torch": torch.__version__}
     metadata: dict[str, Any] = {"dataset": dataset if dataset is not None else state.get("dataset", {}),

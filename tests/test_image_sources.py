@@ -195,6 +195,7 @@ def test_cifar10_falls_back_to_torchvision_with_the_default_folder(tmp_path, mon
     assert calls == [str(tmp_path / "data")]
     assert len(ds) == 5 * 64  # five training batches
     assert torch.equal(collate_images([ds[i] for i in range(64)]), photos)  # NHWC -> NCHW, exact pixels
+    assert ds.description == "cifar10 train, torchvision's CIFAR10 (lossless pixels)"  # not the JPEG archive
 
 
 def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):

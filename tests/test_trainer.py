@@ -134,6 +134,41 @@ def test_resume_across_perturbation_pipeline_versions_is_refused(tmp_path, sampl
         run(sample_uint8, tmp_path, 4)
 
 
+def _logged(out):
+    """(step, loss, p) of every log row; with checkpoint_every=1 a row per step, the loss of that step."""
+    return [(int(r["step"]), float(r["loss"]), float(r["p"])) for r in read_csv(out / "log.csv")]
+
+
+def test_raising_steps_on_resume_mid_ramp_keeps_the_ramp_and_is_bit_exact(tmp_path, sample_uint8):
+    ramp = {"ramp_steps": None, "ramp_fraction": 0.5, "checkpoint_every": 1}  # a 3-step ramp over 6 steps
+    straight, _ = run(sample_uint8, tmp_path / "a", 6, **ramp)
+    train_feature_map(sample_uint8, tmp_path / "b", config=TrainConfig(steps=6, **{**RESUME, **ramp}),
+                      architecture=TINY, progress=False, max_minutes=0)  # stops after its first step, mid-ramp
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 1
+    _, summary = run(sample_uint8, tmp_path / "b", 12, **ramp)  # resumed with twice the steps
+    assert summary["step"] == 12
+    a, b = _logged(tmp_path / "a"), _logged(tmp_path / "b")
+    assert [p for _, _, p in a] == pytest.approx([0.2, 0.4, 0.6, 0.6, 0.6, 0.6])
+    assert b[:6] == a  # the same p and bit-identical losses over the first 6 steps
+    assert all(p == 0.6 for _, _, p in b[6:])
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["ramp_length"] == 3
+    assert load_feature_map(tmp_path / "b")[1]["recipe"]["ramp_length"] == 3  # what the exported config records
+
+
+def test_checkpoint_without_ramp_fraction_resumes_with_its_absolute_ramp(tmp_path, sample_uint8):
+    run(sample_uint8, tmp_path, 2, checkpoint_every=1)  # ramp_steps=4
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["recipe"]["ramp_fraction"]  # as written before ramp fractions existed (no ramp_length either)
+    state.pop("ramp_length", None)
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match=r"recipe.ramp_steps: 4 in the checkpoint, 3 now"):
+        run(sample_uint8, tmp_path, 4, ramp_steps=3)  # another explicit absolute ramp is still refused
+    _, summary = run(sample_uint8, tmp_path, 4, checkpoint_every=1, ramp_steps=None)  # today's default ramp
+    assert summary["step"] == 4
+    assert [p for _, _, p in _logged(tmp_path)] == pytest.approx([0.15, 0.3, 0.45, 0.6])  # the 4-step ramp
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["ramp_length"] == 4
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
 
 

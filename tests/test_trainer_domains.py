@@ -69,6 +69,37 @@ def test_latents_float_with_declared_range(tmp_path):
                           progress=False)
 
 
+def test_float_dataset_of_image_label_pairs_with_declared_range(tmp_path, real):
+    """Datasets returning (image, label), as torchvision's and most users' do, with float images in [0, 1]."""
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return real[i].float() / 255, i % 10
+
+    config = _config(steps=1, eval_fraction=0.0)
+    fmap, summary = train_feature_map(Pairs(), tmp_path, config=config, architecture=TINY, input_range=(0, 1),
+                                      progress=False)
+    assert summary["finished"] and tuple(fmap.config.data_range) == (0.0, 1.0)
+    _, config = load_feature_map(tmp_path)
+    assert config["architecture"]["data_range"] == [0.0, 1.0]
+
+
+def test_config_json_names_the_copy_of_a_named_data_set(tmp_path, real):
+    """cifar10 from torchvision (lossless) and from the project archive (JPEG-decoded) are other pixels: the
+    exported config.json says which was read, next to the caller's own description."""
+    from mfd_loss.image_sources import ImageTensorDataset
+
+    data = ImageTensorDataset(real[:16], description="cifar10 train, torchvision's CIFAR10 (lossless pixels)")
+    train_feature_map(data, tmp_path, config=_config(steps=1, eval_fraction=0.0), architecture=TINY,
+                      dataset={"name": "cifar10", "split": "train"}, progress=False)
+    dataset = load_feature_map(tmp_path)[1]["dataset"]
+    assert dataset["source"] == "cifar10 train, torchvision's CIFAR10 (lossless pixels)"
+    assert dataset["name"] == "cifar10" and dataset["num_images"] == 16
+
+
 def test_resnet_family_trains_and_is_recorded(tmp_path, real):
     arch = FeatureMapConfig(arch="resnet10", width=0.125)
     fmap, _ = train_feature_map(real, tmp_path, config=_config(), architecture=arch, progress=False)
