@@ -136,6 +136,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": {"arch": "vgg16", "width": 1.0, "steps": 400_000, "batch_size": 512, "lr": 1e-4, "p_max": 0.15,
               "ramp_fraction": 0.125, "ramp_steps": None, "precision": "bf16"},
+    # Chosen by benchmarks/feature_map_training.py (CPU, equal time and equal images): the shipped cifar10 map's.
+    "cpu": {"arch": "vgg11", "width": 0.5, "steps": 20_000, "batch_size": 128, "lr": 5e-4, "p_max": 0.15,
+            "ramp_fraction": 0.125, "ramp_steps": None, "precision": "fp32", "eval_every": 2500},
 }
 
 
@@ -151,9 +154,6 @@ def recipe_settings(name: str) -> dict[str, Any]:
     return {**asdict(TrainConfig()), "arch": base.arch, "width": base.width, **RECIPES[name]}
 
 
-def _mix(*values: int) -> int:
-    """A 63-bit seed derived from integers (splitmix64-style), stable across runs and platforms."""
-    h = 0x9E3779B97F4A7C15
 def _checkpoint_ramp_length(state: dict[str, Any]) -> int:
     """The ramp length (steps) of a checkpoint's run: recorded when the run started; in checkpoints written
     before it was recorded, resolved from the stored recipe (whose absolute ``ramp_steps`` is the ramp when it
@@ -166,6 +166,9 @@ def _checkpoint_ramp_length(state: dict[str, Any]) -> int:
     return round(recipe["ramp_fraction"] * recipe["steps"])
 
 
+def _mix(*values: int) -> int:
+    """A 63-bit seed derived from integers (splitmix64-style), stable across runs and platforms."""
+    h = 0x9E3779B97F4A7C15
     for v in values:
         h = (h ^ (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
         h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
@@ -524,10 +527,10 @@ def train_feature_map(
     optimizer = torch.optim.RAdam(model.parameters(), lr=config.lr, weight_decay=0.0)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
     step, train_seconds, last_eval = 0, 0.0, None
+    ramp_length = config.ramp_length  # fixed when the run starts: a resume keeps it whatever `steps` becomes
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved_arch = FeatureMapConfig.from_dict(state["architecture"]).to_dict()
-    ramp_length = config.ramp_length  # fixed when the run starts: a resume keeps it whatever `steps` becomes
         changed = {"architecture"} if saved_arch != arch.to_dict() else set()
         now = asdict(config)
         ramp_length = _checkpoint_ramp_length(state)
@@ -544,6 +547,11 @@ def train_feature_map(
             raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}" +
                              (f" ({values})" if values else "") +
                              "; use another out_dir, the original settings, or resume=False to start over")
+        saved_pipeline = LabelSpec.from_dict(state["label_spec"]).pipeline
+        if saved_pipeline != spec.pipeline:
+            raise ValueError(f"{ckpt_path} was trained with perturbation pipeline {saved_pipeline} and this mfd-loss "
+                             f"implements pipeline {spec.pipeline} (see docs/how-it-works.md); its labels would change "
+                             "meaning mid-run: start a new run in another folder (--out) or over this one (--no-resume)")
         saved = state.get("data_fingerprint")
         if saved and (saved["num_images"], saved["sample_sha256"]) != (fingerprint["num_images"],
                                                                          fingerprint["sample_sha256"]):
@@ -556,6 +564,7 @@ def train_feature_map(
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         step, train_seconds, last_eval = state["step"], state["train_seconds"], state.get("last_eval")
+    schedule = replace(config, ramp_steps=ramp_length)  # the p schedule of this run
     net = model
     if ctx.distributed:
         net = torch.nn.parallel.DistributedDataParallel(use_global_batchnorm(model, ctx.device),
@@ -564,7 +573,6 @@ def train_feature_map(
     loader = DataLoader(source, batch_sampler=StepBatchSampler(train_idx, config.batch_size, config.seed, step, config.steps),
                         collate_fn=collate_images, num_workers=num_workers, persistent_workers=False)
     recipe = asdict(config)
-    schedule = replace(config, ramp_steps=ramp_length)  # the p schedule of this run
     description = {"source": fingerprint["source"], **(dataset or {}), "num_images": len(train_idx),
                    "channels": channels, "resolution": [height, width],
                    "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
