@@ -39,6 +39,7 @@ from unet import build_network
 from mfd_loss.checkpoint import load_checkpoint, save_checkpoint
 from mfd_loss.consistency import EDMDenoiser
 from mfd_loss.datasets import load_cifar10, load_mnist
+from mfd_loss.distributed import max_over_processes
 
 # Flags that define the network: a checkpoint records them, --init and --teacher rebuild from them.
 NETWORK_ARGS = ("arch", "channels", "channel_mult", "num_blocks", "attention", "dropout")
@@ -489,7 +490,9 @@ class Session:
                 self.log(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4g}", wdist=f"{entry['weighted_distance']:.4g}")
                 window, sums = now, {"loss": 0.0, "distance": 0.0, "n": 0}
-            out_of_time = args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes
+            # decided by all processes together: on their own clocks they could stop on different steps and hang
+            out_of_time = args.max_minutes is not None and bool(max_over_processes(
+                time.monotonic() - started > 60 * args.max_minutes, self.device))
             if self.step % args.checkpoint_every == 0 or self.step == args.steps or out_of_time:
                 self.checkpoint()
             if self.step % args.eval_every == 0 or self.step == args.steps:

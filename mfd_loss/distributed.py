@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistributedContext", "init_distributed", "GlobalBatchNorm2d", "use_global_batchnorm"]
+__all__ = ["DistributedContext", "init_distributed", "max_over_processes", "GlobalBatchNorm2d", "use_global_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,24 @@ def init_distributed(device: str | torch.device = "cpu") -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), device)
+
+
+def max_over_processes(value: int, device: str | torch.device = "cpu") -> int:
+    """The largest of every process's ``value`` (one all-reduce); ``value`` itself outside a process group.
+
+    The processes of a DDP run must stop, checkpoint and evaluate at the same step, or the others wait forever
+    in their next collective: a decision taken on something local (a wall clock, a signal) goes through here,
+    e.g. ``max_over_processes(out_of_time)`` stops every process when one of them is out of time.
+
+    Args:
+        value: a non-negative integer (a bool, a signal number, ...).
+        device: where the collective runs: the CPU for gloo, this process's GPU for NCCL.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return int(value)
+    flag = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import init_distributed, use_global_batchnorm
+from .distributed import init_distributed, max_over_processes, use_global_batchnorm
 from .feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
 from .datasets import to_model_range
 from .image_sources import collate_images, open_image_source
@@ -603,10 +603,7 @@ def train_feature_map(
             running, running_n, log_images = running + loss.item(), running_n + 1, log_images + config.batch_size
             bar.update(1)
             out_of_time = max_minutes is not None and (time.monotonic() - started) > 60 * max_minutes
-            halt = torch.tensor([float(stop.signum if stop.flag else 1 if out_of_time else 0)], device=ctx.device)
-            if ctx.distributed:
-                dist.all_reduce(halt, op=dist.ReduceOp.MAX)
-            halt_code = int(halt.item())
+            halt_code = max_over_processes(stop.signum if stop.flag else 1 if out_of_time else 0, ctx.device)
             save_now = step % config.checkpoint_every == 0 or step == config.steps or halt_code
             now = time.monotonic()
             if ctx.is_main and (now - last_log > 30 or save_now):

@@ -114,6 +114,22 @@ def test_resume_is_exact(tmp_path, script):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
 
 
+def test_max_minutes_stop_is_decided_by_all_processes(tmp_path, monkeypatch):
+    """Under DDP one process out of time must stop them all at the same step (each on its own clock could stop
+    on another step, and the others would wait forever in their next all-reduce)."""
+    asked = []
+
+    def another_process_is_out_of_time(value, device):
+        asked.append(bool(value))  # this process's own verdict: not yet
+        return 1
+
+    monkeypatch.setattr(_training, "max_over_processes", another_process_is_out_of_time)
+    summary = example.main(example.parse_args(_args(tmp_path / "run", "--loss", "l2", "--steps", "5",
+                                                    "--max-minutes", "60")))
+    assert summary["step"] == 1 and asked == [False]  # stopped after the first step, with a checkpoint
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+
+
 def test_resume_and_out_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         example.main(example.parse_args(_args(tmp_path / "none", "--loss", "l2", "--steps", "1", "--resume")))
