@@ -200,7 +200,7 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"mfd-loss train: stopped at step {summary['step']} (--max-minutes); rerun the same command to "
                   "resume", file=sys.stderr)
         elif args.push_to_hub:
-            from .hub import push_folder
+            from .hub_publish import push_folder
 
             commit = push_folder(args.out, args.push_to_hub)
             print(json.dumps({"pushed": args.push_to_hub, "revision": getattr(commit, "oid", None)}))

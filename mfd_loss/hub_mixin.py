@@ -157,7 +157,8 @@ class FeatureMapHubMixin(HubMixin):
 
 
 class LossHubMixin(HubMixin):
-    """Hub methods of the MFD loss: its feature map is saved, with the loss options under ``"loss"``.
+    """Hub methods of the MFD loss: its feature map is saved, with the loss options (distance, normalize,
+    reduction, resize, validate_args) under ``"loss"``; ``from_pretrained`` arguments override them.
 
     The class provides ``_from_loaded(loaded, **options)``, which builds the loss around an already loaded map.
     """
@@ -165,7 +166,8 @@ class LossHubMixin(HubMixin):
     def _hub_parts(self, label_spec, metadata):
         feature_map = self.feature_map
         config = dict(getattr(self, "config", None) or getattr(feature_map, "pretrained_config", None) or {})
-        options = {"distance": self.distance, "normalize": self.normalize, "reduction": self.reduction}
+        options = {"distance": self.distance, "normalize": self.normalize, "reduction": self.reduction,
+                   "resize": self.resize, "validate_args": self.validate_args}
         return (feature_map, _label_spec_for(feature_map, label_spec, config),
                 {**config, **dict(metadata or {}), "loss": options})
 

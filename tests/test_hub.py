@@ -188,6 +188,38 @@ def test_save_pretrained_is_strict_and_keeps_dtype(tmp_path, tiny_map):
         VGGFeatureMap.from_pretrained(folder)  # a deliberate edit still has to fit the architecture
 
 
+def test_loss_save_pretrained_round_trips_every_option(tmp_path, tiny_map, images):
+    loss = MFD(pretrained=None, feature_map=tiny_map, distance="squared", normalize=True, reduction="sum",
+               resize="tiles", validate_args=False)
+    folder = loss.save_pretrained(tmp_path / "loss")
+    assert json.loads((folder / "config.json").read_text())["loss"] == {
+        "distance": "squared", "normalize": True, "reduction": "sum", "resize": "tiles", "validate_args": False}
+    again = MFD.from_pretrained(folder)
+    assert (again.distance, again.normalize, again.reduction, again.resize, again.validate_args) == (
+        "squared", True, "sum", "tiles", False)
+    x, y = (images[:2].repeat(1, 1, 2, 2) + 1) / 2, (images[2:4].repeat(1, 1, 2, 2) + 1) / 2  # 64 px in [0, 1]
+    with torch.no_grad():
+        assert torch.equal(again(x, y), loss(x, y))
+    assert MFD.from_pretrained(folder, resize=None).resize is None  # an argument still overrides the saved option
+
+
+def test_nothing_in_the_package_imports_the_hub_re_export_module():
+    """mfd_loss.hub only re-exports for users; the package imports the modules that hold the code (one way)."""
+    import ast
+
+    root = Path(mfd_loss.__file__).parent
+    importers = []
+    for path in sorted(root.rglob("*.py")):
+        package = ["mfd_loss", *path.relative_to(root).parent.parts]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                if target == "mfd_loss.hub" or (target == "mfd_loss" and any(a.name == "hub" for a in node.names)):
+                    importers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert importers == []
+
+
 # --- downloads and the cache --------------------------------------------------------------------------------
 def test_first_download_then_cache_reuse(fake_hub, published, tmp_path):
     fmap, _ = pretrained.load_pretrained(REPO, token=TOKEN)
