@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, environment, markdown_table, resolve_device, write_json  # noqa: E402
 
-from mfd_loss import MFD, build_feature_map, load_sample_images  # noqa: E402
+from mfd_loss import MFD, load_sample_images  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
 from mfd_loss.datasets import to_model_range  # noqa: E402
-from mfd_loss.diagnostics import controlled_displacement, nuisance_tangents, tangent_alignment  # noqa: E402
+from mfd_loss.diagnostics import (  # noqa: E402
+    controlled_displacement, nuisance_tangents, random_init_like, tangent_alignment)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle")
 RESOLUTIONS = (64, 128)
@@ -100,12 +101,6 @@ def random_crops(photos: list[Tensor], n: int, size: int, generator: torch.Gener
     return torch.cat(crops).clamp(-1, 1)
 
 
-def random_map_like(loss: MFD, seed: int) -> MFD:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MFD(pretrained=None, feature_map=build_feature_map(loss.feature_map.config))
-
-
 def pixel_l2(x: Tensor, y: Tensor) -> Tensor:
     return (x - y).flatten(1).pow(2).sum(1)
 
@@ -125,7 +120,7 @@ def fractions(loss, targets: Tensor, tangents: Tensor, rms: float, generator: to
 def measure(args: argparse.Namespace) -> dict:
     device = args.device_obj
     shipped = MFD("cifar10").to(device)
-    random_init = random_map_like(shipped, args.seed).to(device)
+    random_init = random_init_like(shipped, args.seed)
     rms = {t: float(torch.tensor([t], dtype=torch.float64) - r_from_t(torch.tensor([t], dtype=torch.float64)))
            for t in args.noise_levels}
     photos, gen = photographs(), torch.Generator().manual_seed(args.seed)

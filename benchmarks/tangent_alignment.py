@@ -41,10 +41,11 @@ from _common import (  # noqa: E402
     RESULTS, environment, lpips_with_weights, markdown_table, pyplot, resolve_device, write_json,
 )
 
-from mfd_loss import MFD, FeatureMapConfig, TrainConfig, build_feature_map, train_feature_map  # noqa: E402
+from mfd_loss import MFD, FeatureMapConfig, TrainConfig, train_feature_map  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
 from mfd_loss.datasets import load_cifar10, load_sample_images, to_model_range  # noqa: E402
-from mfd_loss.diagnostics import NUISANCE_DIRECTIONS, controlled_displacement, nuisance_tangents, tangent_alignment  # noqa: E402
+from mfd_loss.diagnostics import (  # noqa: E402
+    NUISANCE_DIRECTIONS, controlled_displacement, nuisance_tangents, random_init_like, tangent_alignment)
 from mfd_loss.objectives import pseudo_huber  # noqa: E402
 
 NOISE_LEVELS = (0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 80.0)
@@ -110,14 +111,6 @@ def train_map(images_uint8: Tensor, preset: str, folder: Path, args: argparse.Na
     return MFD(pretrained=str(folder)).to(args.device_obj)
 
 
-def random_map_like(loss: MFD, seed: int) -> MFD:
-    """Group-form MFD on a seeded, randomly initialised map of the same architecture (the control)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fmap = build_feature_map(loss.feature_map.config)
-    return MFD(pretrained=None, feature_map=fmap).to(next(loss.feature_map.parameters()).device)
-
-
 def with_distance(loss: MFD, distance: str) -> MFD:
     return MFD(pretrained=None, feature_map=loss.feature_map, distance=distance)
 
@@ -161,7 +154,7 @@ def synthetic_part(args: argparse.Namespace) -> dict:
         losses[f"MFD group, trained here: {preset}"] = maps[preset]
     first = maps[PRESETS["synthetic"][0]]
     losses[f"MFD squared, trained here: {PRESETS['synthetic'][0]}"] = with_distance(first, "squared")
-    losses["MFD group, random init"] = random_map_like(first, args.seed)
+    losses["MFD group, random init"] = random_init_like(first, args.seed)
     return {"description": "1x32x32 Gaussian blobs, 4-D manifold, exact tangents", "manifold_dim": 4,
             "pixels": 32 * 32, "fractions": measure(losses, targets, tangents, args)}
 
@@ -181,7 +174,7 @@ def cifar_part(args: argparse.Namespace) -> dict:
     losses: dict[str, Loss] = pixel_losses()
     losses["MFD group, shipped cifar10"] = shipped
     losses["MFD squared, shipped cifar10"] = with_distance(shipped, "squared")
-    losses["MFD group, random init (shipped arch)"] = random_map_like(shipped, args.seed)
+    losses["MFD group, random init (shipped arch)"] = random_init_like(shipped, args.seed)
     subset = train_images[:2000] if args.smoke else train_images
     for preset in PRESETS["cifar10"]:
         folder = Path(args.work) / f"cifar10-{preset}-{args.map_steps}"

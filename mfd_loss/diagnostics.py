@@ -31,11 +31,14 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from .feature_maps import build_feature_map
+from .loss import MFD
 
 __all__ = [
     "NUISANCE_DIRECTIONS", "nuisance_tangents", "parallel_energy_fraction", "loss_gradient", "tangent_alignment",
-    "controlled_displacement",
+    "controlled_displacement", "random_init_like",
 ]
 
 #: Transformations whose derivatives :func:`nuisance_tangents` returns by default (``saturation`` and ``hue``
@@ -249,3 +252,44 @@ def controlled_displacement(target: Tensor, tangents: Tensor, parallel_rms: floa
     step = (parallel_rms * scale * along / along.norm(dim=1, keepdim=True)
             + orthogonal_rms * scale * across / across.norm(dim=1, keepdim=True))
     return target + step.view_as(target).to(target.dtype)
+
+
+def random_init_like(loss_or_map: MFD | nn.Module, seed: int = 0) -> MFD:
+    """The random-init control: an MFD on a freshly initialised map of the same architecture.
+
+    An untrained network already lowers a loss's parallel energy fraction (METHOD.md Sec. 8), so an alignment
+    (or training) result of a trained map means something only beside this control. The map is built from
+    the same ``FeatureMapConfig`` (family, width, channels, labels, resolution, data range), initialised under
+    ``torch.manual_seed(seed)`` without touching the global random state, and put on the device and dtype of
+    the original; given an MFD, the control keeps its options (distance, normalize, reduction, resize,
+    validate_args), so the two differ only in the map's weights.
+
+    Args:
+        loss_or_map: an :class:`~mfd_loss.MFD`, or a feature map (an ``nn.Module`` with a ``config``, e.g. a
+            :class:`~mfd_loss.VGGFeatureMap` or a map from :func:`~mfd_loss.load_feature_map`).
+        seed: seeds the initialisation (the same seed gives the same weights).
+
+    Returns:
+        an MFD (frozen map in eval mode, as any MFD).
+
+    Raises:
+        TypeError: ``loss_or_map`` is neither an MFD nor a feature map with a ``config``.
+    """
+    is_loss = isinstance(loss_or_map, MFD)
+    fmap = loss_or_map.feature_map if is_loss else loss_or_map
+    config = getattr(fmap, "config", None)
+    if not isinstance(fmap, nn.Module) or config is None:
+        raise TypeError("random_init_like takes an MFD or a feature map with a config, got "
+                        f"{type(loss_or_map).__name__}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_feature_map(config)
+    reference = next(fmap.parameters(), None)
+    if reference is not None:
+        fresh = fresh.to(reference.device, reference.dtype)
+    options = {}
+    if is_loss:
+        options = {"distance": loss_or_map.distance, "normalize": loss_or_map.normalize,
+                   "reduction": loss_or_map.reduction, "resize": loss_or_map.resize,
+                   "validate_args": loss_or_map.validate_args}
+    return MFD(pretrained=None, feature_map=fresh, **options)

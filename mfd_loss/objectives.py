@@ -45,6 +45,16 @@ ICT_HUBER_CONSTANT = 0.00054
 DIRECTIONS = ("normalized", "raw")
 
 
+def _check_options(direction: str, reduction: str = "mean", eps: float = 1e-5) -> None:
+    """The tangent loss's options: a known direction and reduction, a positive eps (ValueError otherwise)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+
+
 def _check_pair(prediction: Tensor, target: Tensor, weight: Tensor | None) -> None:
     for name, x in (("prediction", prediction), ("target", target)):
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
@@ -191,12 +201,7 @@ def tangent_loss(
         Tangents", arXiv:2510.00658, Sec. 4 (the direction-replacement objective on top of ECT).
     """
     _check_pair(prediction, target, weight)
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    _check_options(direction, reduction, eps)
     with torch.enable_grad():  # also under torch.no_grad(): the direction is needed for the value too
         probe = prediction.detach().requires_grad_(True)
         distance = distance_fn(probe, target.detach())
@@ -257,12 +262,7 @@ class TangentLoss(nn.Module):
         super().__init__()
         if not callable(distance):
             raise ValueError(f"distance must be a callable (prediction, target) -> (N,), got {type(distance).__name__}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        _check_options(direction, reduction, eps)
         self.distance = distance
         self.direction, self.reduction, self.eps = direction, reduction, float(eps)
 
@@ -417,8 +417,7 @@ class ConsistencyObjective(nn.Module):
             raise ValueError("give exactly one of distance= (a feature distance) and pixel= ('pseudo-huber' or 'l2')")
         if pixel not in (None, "pseudo-huber", "l2"):
             raise ValueError(f"pixel must be 'pseudo-huber' or 'l2', got {pixel!r}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        _check_options(direction)
         if blend is not None and blend < 0:
             raise ValueError(f"blend must be None or non-negative, got {blend}")
         self.name = name
@@ -455,12 +454,9 @@ def _build_mfd(options: dict[str, Any]) -> ConsistencyObjective:
 
     mfd = MFD(pretrained=options["mfd_pretrained"], distance=options["mfd_distance"])
     if options["mfd_init"] == "random":  # the control: the same architecture, untrained (seeded, reproducible)
-        from .feature_maps import build_feature_map
+        from .diagnostics import random_init_like
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            untrained = build_feature_map(mfd.feature_map.config)
-        mfd = MFD(pretrained=None, feature_map=untrained, distance=options["mfd_distance"])
+        mfd = random_init_like(mfd, seed=0)
     elif options["mfd_init"] != "pretrained":
         raise ValueError(f"mfd_init must be 'pretrained' or 'random', got {options['mfd_init']!r}")
     return ConsistencyObjective("mfd", distance=mfd, direction=options["direction"], blend=options["blend"],

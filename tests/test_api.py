@@ -59,3 +59,5 @@ def test_public_submodules_are_exported():
     for name in MODULES:
         assert name in mfd_loss.__all__ and isinstance(getattr(mfd_loss, name), types.ModuleType), name
     assert callable(mfd_loss.diagnostics.tangent_alignment)
+    assert {"tangent_alignment", "random_init_like"} <= set(mfd_loss.diagnostics.__all__)
+    assert callable(mfd_loss.diagnostics.random_init_like)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mfd_loss import MFD, build_feature_map
+from mfd_loss import MFD
 from mfd_loss.diagnostics import (
     NUISANCE_DIRECTIONS, controlled_displacement, loss_gradient, nuisance_tangents, parallel_energy_fraction,
-    tangent_alignment,
+    random_init_like, tangent_alignment,
 )
 
 
@@ -134,9 +134,32 @@ def test_shipped_map_turns_the_update_away_from_the_nuisance_span(images):
     tangents = nuisance_tangents(x)
     prediction = controlled_displacement(x, tangents, 0.02, 0.02, torch.Generator().manual_seed(0))
     shipped = MFD(pretrained="cifar10")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        random_map = MFD(pretrained=None, feature_map=build_feature_map(shipped.feature_map.config))
+    random_map = random_init_like(shipped, seed=0)
     trained = tangent_alignment(shipped, prediction, x, tangents).mean().item()
     control = tangent_alignment(random_map, prediction, x, tangents).mean().item()
     assert trained < 0.75 * control < 0.75 * 0.5
+
+
+def test_random_init_like_is_the_same_loss_on_a_seeded_untrained_map(tiny_map, images):
+    trained = MFD(pretrained=None, feature_map=tiny_map, distance="squared", normalize=True, reduction="sum",
+                  resize="tiles", validate_args=False).double()
+    state = torch.random.get_rng_state()
+    control = random_init_like(trained, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    assert control.feature_map.config == trained.feature_map.config
+    assert (control.distance, control.normalize, control.reduction, control.resize, control.validate_args) == (
+        "squared", True, "sum", "tiles", False)
+    a, b = trained.feature_map.state_dict(), control.feature_map.state_dict()
+    convolutions = [k for k in a if k.endswith("weight") and a[k].ndim == 4]
+    assert a.keys() == b.keys() and convolutions and all(not torch.equal(a[k], b[k]) for k in convolutions)
+    assert all(t.dtype == torch.float64 for t in b.values() if t.is_floating_point())  # the original's dtype
+    assert not control.feature_map.training and not any(p.requires_grad for p in control.feature_map.parameters())
+    again, other = random_init_like(tiny_map, seed=3), random_init_like(tiny_map, seed=4)  # a map works too
+    c, d = again.feature_map.state_dict(), other.feature_map.state_dict()
+    assert all(torch.equal(b[k].float(), c[k]) for k in convolutions)  # seeded: the same control every time
+    assert not all(torch.equal(c[k], d[k]) for k in convolutions)
+    assert (again.distance, again.reduction, again.resize) == ("group", "none", None)  # MFD's defaults
+    x, y = (images[:2] + 1) / 2, (images[2:4] + 1) / 2
+    assert control(x.double(), y.double()).shape == ()
+    with pytest.raises(TypeError, match="MFD or a feature map"):
+        random_init_like(torch.nn.Conv2d(3, 3, 1))

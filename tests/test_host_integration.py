@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from mfd_loss import MFD, build_feature_map
+from mfd_loss import MFD
+from mfd_loss.diagnostics import random_init_like
 
 
 class Host(nn.Module):
@@ -49,13 +50,6 @@ def fixed(images):
 def _map_tensors(loss: MFD) -> set[int]:
     fmap = loss.feature_map
     return {id(t) for t in [*fmap.parameters(), *fmap.buffers()]}
-
-
-def _random_map_like(loss: MFD, seed: int = 1):
-    """A random-init map of the same architecture (what an unlucky checkpoint or rank 0 could hold)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_feature_map(loss.feature_map.config)
 
 
 def test_ect_pattern_train_step_and_emas_leave_the_map_alone(shipped, fixed):
@@ -119,7 +113,7 @@ def test_old_checkpoint_with_a_random_map_never_replaces_the_pretrained_one(ship
     x, y = fixed
     with torch.no_grad():
         before = host.loss(x, y)
-    random_map = _random_map_like(shipped)
+    random_map = random_init_like(shipped, seed=1).feature_map  # the same architecture, other weights
     old = {**host.state_dict(), **{f"loss.feature_map.{k}": v for k, v in random_map.state_dict().items()}}
     with pytest.warns(UserWarning, match=r"feature-map tensors under 'loss\.feature_map\.'.*ignored"):
         host.load_state_dict(old, strict=True)
@@ -199,7 +193,7 @@ def test_ddp_broadcast_of_parameters_and_buffers_leaves_the_map_intact(shipped, 
         before = ours.loss(x, y)
     # DDP copies rank 0's module.parameters() and module.buffers() into every rank at construction, and its
     # buffers on every forward (broadcast_buffers=True). Simulate a rank 0 whose map differs.
-    rank0 = Host(MFD(feature_map=_random_map_like(shipped, seed=2)), seed=6)
+    rank0 = Host(random_init_like(shipped, seed=2), seed=6)
     with torch.no_grad():
         for dst, src in zip([*ours.parameters(), *ours.buffers()], [*rank0.parameters(), *rank0.buffers()]):
             dst.copy_(src)

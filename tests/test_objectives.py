@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -175,6 +176,22 @@ class TestTangentGradient:
             tangent_loss(prediction, target[:2], mfd)
         with pytest.raises(ValueError, match="differentiably"):
             tangent_loss(prediction, target, lambda a, b: (a - b).detach().flatten(1).sum(1))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"direction": "unit"}, "direction must be one of ('normalized', 'raw'), got 'unit'"),
+    ({"reduction": "avg"}, "reduction must be one of"),
+    ({"eps": 0.0}, "eps must be positive, got 0.0"),
+])
+def test_every_entry_point_refuses_bad_options_alike(mfd, pair, bad, message):
+    """tangent_loss, TangentLoss and ConsistencyObjective share one check (the objective takes a direction only)."""
+    prediction, target, _ = pair
+    calls = [lambda: tangent_loss(prediction, target, mfd, **bad), lambda: TangentLoss(mfd, **bad)]
+    if "direction" in bad:
+        calls.append(lambda: ConsistencyObjective("mfd", distance=mfd, **bad))
+    for call in calls:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
 
 
 class TestTangentLossModule:
