@@ -29,7 +29,6 @@ from .perturbations import Perturbations
 __all__ = ["run_demo", "demo_images"]
 
 _SAMPLES = {3: ("cifar10", "CIFAR-10"), 1: ("mnist", "MNIST")}  # channels -> (packaged sample, name)
-_SAMPLE_SIZE = 64  # images in each packaged sample
 _KINDS = {  # name -> (perturbation op, family, field, fixed value, on-manifold?)
     "shift 0.5 px": ("translation", "geometric", "shift", (0.125, 0.0), True),  # 0.125 * 0.125 * width px
     "rotation 5 deg": ("rotation", "geometric", "theta", math.radians(5), True),
@@ -106,13 +105,11 @@ def run_demo(pretrained: str = "cifar10", num_images: int = 16, rms: float = 0.0
         seed: seeds the perturbations.
 
     Raises:
-        ValueError: num_images or rms out of range, or a map that is neither grayscale nor RGB.
+        ValueError: num_images (checked by :func:`demo_images`) or rms out of range, or a map that is neither
+            grayscale nor RGB.
     """
     if not (isinstance(rms, (int, float)) and math.isfinite(rms) and rms > 0):
         raise ValueError(f"rms must be a positive number, got {rms}")
-    if not 2 <= num_images <= _SAMPLE_SIZE:
-        raise ValueError(f"num_images must lie in [2, {_SAMPLE_SIZE}] (the packaged sample holds {_SAMPLE_SIZE} "
-                         f"images; mixup needs a partner), got {num_images}")
     loss_fn = ManifoldFeatureDistance(pretrained=pretrained)
     config = loss_fn.feature_map.config
     images, described = demo_images(config.in_channels, tuple(config.resolution), num_images)

@@ -121,6 +121,8 @@ def _summary(found: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from .trainer import format_r2
+
     found, config = _resolve(args)
     info = _summary(found, config)
     if args.json:
@@ -147,9 +149,7 @@ def _run_info(args: argparse.Namespace) -> int:
         if held.get("mse_mean") is not None:
             lines.append(f"  metrics:      held-out label MSE {float(held['mse_mean']):.4g}")
         if isinstance(held.get("r2"), dict):
-            lines.append("  R^2:          " + ", ".join(
-                f"{k}={'undefined' if v is None or float(v) != float(v) else f'{float(v):.3f}'}"
-                for k, v in held["r2"].items()))
+            lines.append("  R^2:          " + format_r2(held["r2"], digits=3))
     elif info["metrics"]:
         lines.append("  metrics:      " + json.dumps(info["metrics"], default=str))
     print("\n".join(lines))

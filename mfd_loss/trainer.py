@@ -246,9 +246,9 @@ def regression_metrics(prediction: Tensor, target: Tensor, names: Iterable[str])
     return {"r2": dict(zip(names, r2.tolist())), "mse": dict(zip(names, (sse / n).tolist())), "undefined": undefined}
 
 
-def format_r2(r2: dict[str, float], digits: int = 2) -> str:
-    """``label=value`` pairs, with ``undefined`` in place of NaN."""
-    return " ".join(f"{k}={'undefined' if v != v else f'{v:.{digits}f}'}" for k, v in r2.items())
+def format_r2(r2: dict[str, float | None], digits: int = 2) -> str:
+    """``label=value`` pairs, with ``undefined`` in place of NaN or None (how a config.json stores it)."""
+    return " ".join(f"{k}={'undefined' if v is None or v != v else f'{float(v):.{digits}f}'}" for k, v in r2.items())
 
 
 @torch.no_grad()

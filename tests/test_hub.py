@@ -496,6 +496,14 @@ def test_cli_push_download_info(fake_hub, tmp_path, make_map):
     assert code == 2 and "available" in err
 
 
+def test_cli_info_shows_r2_as_training_does_with_undefined_labels(tmp_path, tiny_map):
+    held_out = {"mse_mean": 0.25, "r2": {"scale_w": 0.5, "rotation_sin": None, "blur_sigma": 0.9876}}
+    folder = tiny_map.save_pretrained(tmp_path / "m", metadata={"metrics": {"held_out": held_out}})
+    code, out, err = _cli("info", folder)
+    assert code == 0, err
+    assert "  R^2:          scale_w=0.500 rotation_sin=undefined blur_sigma=0.988\n" in out  # JSON null: undefined
+
+
 def test_cli_with_real_environment_variables(fake_hub, published, tmp_path, monkeypatch):
     """HF_ENDPOINT and HF_HOME as a user sets them, read by a fresh process; then HF_HUB_OFFLINE=1."""
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
