@@ -6,6 +6,11 @@ minute on a 2-core CPU.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -19,6 +24,29 @@ def pytest_configure(config):
     # Tiny convolutions gain nothing from intra-op threads, and on a shared 2-core machine thread
     # contention makes them up to 50x slower; one thread keeps the suite fast and deterministic.
     torch.set_num_threads(1)
+
+
+def load_script(path: str | Path, name: str | None = None) -> ModuleType:
+    """A script outside the package (``benchmarks/*.py``, ``benchmarks/gpu/*.py``) imported from its file.
+
+    Registered in ``sys.modules`` under ``name`` (default: the file's stem), so that dataclasses, pickling and
+    forked children resolve it, and loaded once: later calls with the same name and file return that module.
+    Tests import it with ``from conftest import load_script``.
+    """
+    path = Path(path).resolve()
+    name = name or path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def make_tiny_map(seed: int = 0, **overrides) -> VGGFeatureMap:

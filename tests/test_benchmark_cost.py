@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 pytest.importorskip("lpips", reason="the cost benchmark measures LPIPS: pip install lpips")
 
@@ -18,11 +17,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "cost.py"
 @pytest.fixture(scope="module")
 def cost():
     """benchmarks/cost.py imported as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so the forked children and dataclasses resolve it
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "benchmark_cost")
 
 
 @pytest.fixture(scope="module")

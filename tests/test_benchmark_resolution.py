@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 pytest.importorskip("skimage", reason="the resolution benchmark crops scikit-image's photographs: pip install scikit-image")
 
@@ -17,11 +16,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "resolution.py"
 
 @pytest.fixture(scope="module")
 def resolution():
-    spec = importlib.util.spec_from_file_location("benchmark_resolution", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "benchmark_resolution")
 
 
 def test_smoke_run(resolution, tmp_path):

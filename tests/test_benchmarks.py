@@ -7,26 +7,17 @@ resumable runs, monotone clocks, the table behind the docs).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from mfd_loss.datasets import find_data_dir
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _module(name: str):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _has_cifar10() -> bool:
@@ -45,7 +36,7 @@ def _plots() -> bool:
 
 
 def test_tangent_alignment_smoke(tmp_path):
-    bench = _module("tangent_alignment")
+    bench = load_script(BENCHMARKS / "tangent_alignment.py")
     out = tmp_path / "alignment.json"
     argv = ["--smoke", "--device", "cpu", "--work", str(tmp_path / "work"), "--out", str(out)]
     bench.main(argv + ([] if _plots() else ["--no-plot"]))
@@ -71,7 +62,7 @@ def test_tangent_alignment_smoke(tmp_path):
 def test_blob_tangents_are_the_renderer_jacobian():
     import torch
 
-    bench = _module("tangent_alignment")
+    bench = load_script(BENCHMARKS / "tangent_alignment.py")
     params = bench.sample_blob_params(3, torch.Generator().manual_seed(0)).double()
     tangents = bench.blob_tangents(params)
     h = 1e-5
@@ -84,7 +75,7 @@ def test_blob_tangents_are_the_renderer_jacobian():
 
 @pytest.mark.skipif(not _has_cifar10(), reason="needs the CIFAR-10 archive of shared/data (see shared/data/README.md)")
 def test_convergence_smoke_resumes_and_rereads(tmp_path):
-    bench = _module("convergence")
+    bench = load_script(BENCHMARKS / "convergence.py")
     work, out = tmp_path / "work", tmp_path / "convergence.json"
     argv = ["--config", "smoke", "--device", "cpu", "--work", str(work), "--out", str(out)] + \
         ([] if _plots() else ["--no-plot"])
@@ -110,7 +101,7 @@ def test_convergence_smoke_resumes_and_rereads(tmp_path):
 
 
 def test_steps_to_reach_interpolates_and_reports_never():
-    bench = _module("convergence")
+    bench = load_script(BENCHMARKS / "convergence.py")
     assert bench.steps_to_reach([0, 10, 20], [100.0, 60.0, 40.0], 50.0) == pytest.approx(15.0)
     assert bench.steps_to_reach([0, 10, 20], [100.0, 60.0, 40.0], 30.0) is None
     assert bench.steps_to_reach([0, 10], [20.0, 10.0], 25.0) == 0.0
@@ -118,7 +109,7 @@ def test_steps_to_reach_interpolates_and_reports_never():
 
 def test_readme_tables_are_the_measured_ones():
     """benchmarks/README.md shows exactly the tables the scripts wrote (python benchmarks/update_readme.py)."""
-    update = _module("update_readme")
+    update = load_script(BENCHMARKS / "update_readme.py")
     readme = (BENCHMARKS / "README.md").read_text()
     names = update.BLOCK.findall(readme)
     assert len(names) == 3, "the README should carry the cost, tangent-alignment and convergence tables"
@@ -126,7 +117,7 @@ def test_readme_tables_are_the_measured_ones():
 
 
 def test_readme_sync_fills_and_rejects_missing_results(tmp_path):
-    update = _module("update_readme")
+    update = load_script(BENCHMARKS / "update_readme.py")
     (tmp_path / "a.md").write_text("| x |\n|---|\n| 1 |\n")
     text = "intro\n<!-- results: a.md -->\nstale\n<!-- /results -->\nend\n"
     assert update.render(text, tmp_path) == "intro\n<!-- results: a.md -->\n\n| x |\n|---|\n| 1 |\n\n<!-- /results -->\nend\n"
@@ -135,7 +126,7 @@ def test_readme_sync_fills_and_rejects_missing_results(tmp_path):
 
 
 def test_time_ratio_follows_the_training_clock():
-    bench = _module("convergence")
+    bench = load_script(BENCHMARKS / "convergence.py")
     run = lambda fds, secs: [{"step": s, "train_seconds": t, "1step": f, "2step": f}  # noqa: E731
                              for s, t, f in zip((0, 10, 20), secs, fds)]
     result = {"groups": [{"dataset": "d", "batch_size": 4, "metric": "FD_x",
@@ -153,7 +144,7 @@ def _read_args(run: Path) -> dict:
 
 @pytest.mark.skipif(not _has_cifar10(), reason="needs the CIFAR-10 archive of shared/data (see shared/data/README.md)")
 def test_tuning_smoke_starts_every_loss_from_the_denoiser(tmp_path):
-    bench = _module("convergence")
+    bench = load_script(BENCHMARKS / "convergence.py")
     work, out = tmp_path / "work", tmp_path / "tune.json"
     result = bench.main(["--config", "tune-smoke", "--device", "cpu", "--work", str(work), "--out", str(out)] +
                         ([] if _plots() else ["--no-plot"]))
@@ -186,7 +177,7 @@ def test_tuning_smoke_starts_every_loss_from_the_denoiser(tmp_path):
 
 @pytest.mark.skipif(not _has_cifar10(), reason="needs the CIFAR-10 archive of shared/data (see shared/data/README.md)")
 def test_distillation_smoke_in_two_shards(tmp_path):
-    bench = _module("convergence")
+    bench = load_script(BENCHMARKS / "convergence.py")
     work, out = tmp_path / "work", tmp_path / "distill.json"
     argv = ["--config", "distill-smoke", "--device", "cpu", "--work", str(work), "--out", str(out), "--no-plot",
             "--losses", "mfd-value,mfd,pseudo-huber,l2"]

@@ -7,7 +7,6 @@ The smoke run goes through every part's code path with tiny sizes; parts or step
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,28 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "benchmarks" / "gpu"
 PARTS = ["correctness", "cost", "throughput", "paper_map"]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gpu_run():
-    return _load("gpu_check_run", GPU / "run.py")
+    return load_script(GPU / "run.py", "gpu_check_run")
 
 
 @pytest.fixture(scope="module")
 def prepare():
-    return _load("gpu_check_prepare", GPU / "prepare.py")
+    return load_script(GPU / "prepare.py", "gpu_check_prepare")
 
 
 @pytest.fixture(scope="module")
