@@ -111,7 +111,16 @@ def test_smoke_exports_a_map_with_per_label_r2_on_the_test_split(smoke):
     held = config["metrics"]["held_out"]
     assert held["num_images"] == results["pack"]["test_images"] == 256
     assert len(held["r2"]) == 15 and part["map"]["r2"] == held["r2"]
-    assert "--recipe" in part["recipe_flags"] or "vgg16" in part["recipe_flags"]
+    assert part["recipe_flags"] == ["--recipe", "paper"]
+
+
+def test_default_budget_leaves_room_for_a_rerun_and_the_paper_map(gpu_run):
+    """The device tool lends 15 minutes per task, starts take minutes and none begins under 4 minutes left: one run
+    of the check must leave room for another, and the paper map gets what the other parts leave."""
+    args = gpu_run.parse_args(["--device", "cpu"])
+    assert args.total_minutes == 6.0 and args.map_minutes is None
+    assert args.total_minutes - sum(gpu_run.BUDGETS.values()) >= 2.0
+    assert set(gpu_run.COST_CASES) <= set(load_script(ROOT / "benchmarks" / "cost.py", "benchmark_cost").CASES)
 
 
 def test_split_file_chunks_reassemble_to_the_original(gpu_run, tmp_path):
