@@ -136,6 +136,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": {"arch": "vgg16", "width": 1.0, "steps": 400_000, "batch_size": 512, "lr": 1e-4, "p_max": 0.15,
               "ramp_fraction": 0.125, "ramp_steps": None, "precision": "bf16"},
+    # Chosen by benchmarks/feature_map_training.py (CPU, equal time and equal images): the shipped cifar10 map's.
+    "cpu": {"arch": "vgg11", "width": 0.5, "steps": 20_000, "batch_size": 128, "lr": 5e-4, "p_max": 0.15,
+            "ramp_fraction": 0.125, "ramp_steps": None, "precision": "fp32", "eval_every": 2500},
 }
 
 
@@ -544,6 +547,11 @@ def train_feature_map(
             raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}" +
                              (f" ({values})" if values else "") +
                              "; use another out_dir, the original settings, or resume=False to start over")
+        saved_pipeline = LabelSpec.from_dict(state["label_spec"]).pipeline
+        if saved_pipeline != spec.pipeline:
+            raise ValueError(f"{ckpt_path} was trained with perturbation pipeline {saved_pipeline} and this mfd-loss "
+                             f"implements pipeline {spec.pipeline} (see docs/how-it-works.md); its labels would change "
+                             "meaning mid-run: start a new run in another folder (--out) or over this one (--no-resume)")
         saved = state.get("data_fingerprint")
         if saved and (saved["num_images"], saved["sample_sha256"]) != (fingerprint["num_images"],
                                                                          fingerprint["sample_sha256"]):
