@@ -2,9 +2,8 @@
 
 Cases, all measured in one run, side by side, on the same seeded random inputs in [-1, 1]:
 
-* ``mfd-cifar10`` / ``mfd-mnist``: MFD with each shipped feature map (mnist: 1x28x28, shown in the 32 px
-  columns). At a resolution other than the map's own, a randomly initialised map of the same config
-  (``resolution`` replaced) is used: identical compute, weights that mean nothing.
+* ``mfd-cifar10`` / ``mfd-mnist``: MFD with each shipped feature map (mnist: 1 channel). At a resolution
+  other than the map's own, a randomly initialised map of the same config (``resolution`` replaced) is used: identical compute, weights that mean nothing.
 * ``mfd-cifar10-novalidate``: the same MFD with ``validate_args=False`` (no NaN/range check, so no host
   synchronisation per call); measured in the same process as ``mfd-cifar10``, alternating, so the difference is
   the cost of the value checks (``value_check_cost_pct`` in the summary).
@@ -74,7 +73,7 @@ CASES = {
     "mfd-cifar10-novalidate": "MFD cifar10, validate_args=False",
     "floor-cifar10": "floor: cifar10 map, 2 fwd + input bwd",
     "ayt-cifar10": "AYT tangent loss (MFD cifar10)",
-    "mfd-mnist": "MFD mnist (1x28x28 at 32 px)",
+    "mfd-mnist": "MFD mnist (1 channel)",
     "floor-mnist": "floor: mnist map, 2 fwd + input bwd",
     "lpips-vgg": "LPIPS-VGG",
     "lpips-alex": "LPIPS-Alex",
@@ -101,10 +100,8 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def input_shape(case: str, resolution: int) -> tuple[int, int, int]:
-    """(C, H, W) of a case's inputs: the mnist map takes 1 channel, at its native 28 px in the 32 px column."""
-    if case.endswith("mnist"):
-        return (1, 28, 28) if resolution == 32 else (1, resolution, resolution)
-    return (3, resolution, resolution)
+    """(C, H, W) of a case's inputs: the mnist map takes 1 channel."""
+    return (1 if case.endswith("mnist") else 3, resolution, resolution)
 
 
 VALIDATE_OFF = "-novalidate"
@@ -545,7 +542,6 @@ def main(argv=None) -> dict[str, Any]:
                       "tensors (--dtype bf16/fp16 runs the loss under torch.autocast)",
             "random_weights": "at resolutions other than a shipped map's own, the MFD map is randomly initialised "
                               "with the shipped config (only the resolution changed): identical compute",
-            "mnist": "the mnist map runs on 1x28x28 inputs (its native size) in the 32 px columns",
         },
         "lpips_backbone": lpips_backbone,
         "wall_seconds": round(time.perf_counter() - started, 1),

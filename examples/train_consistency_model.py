@@ -108,19 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return _training.check_args(p, p.parse_args(argv))
 
 
-class Unpadded(torch.nn.Module):
-    """A distance applied to the central 28x28 digits of MNIST images padded to 32x32 (what the shipped
-    "mnist" feature map was trained on); the padding is background in prediction and target alike."""
-
-    def __init__(self, distance: torch.nn.Module, pad: int):
-        super().__init__()
-        self.distance, self.pad = distance, pad
-
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        p = self.pad
-        return self.distance(prediction[..., p:-p, p:-p], target[..., p:-p, p:-p])
-
-
 # ------------------------------------------------------------------------------------------- evaluation
 def fixed_pairs(args, images: Tensor, device: torch.device, n: int = 64) -> tuple[Tensor, ...]:
     """A fixed batch of (x0, t, r, eps) for a noise-free measure of progress (the same at every evaluation)."""
@@ -154,9 +141,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     objective = build_objective(args.loss, direction=args.direction, blend=args.blend, ramp_steps=args.ramp_steps,
                                 mfd_pretrained=args.mfd_pretrained or args.dataset, mfd_distance=args.mfd_distance,
                                 mfd_init=args.mfd_init, lpips_net=args.lpips_net, huber_c=args.huber_c).to(device)
-    feature_map = getattr(objective.distance, "feature_map", None)
-    if args.dataset == "mnist" and tuple(getattr(feature_map, "config", None).resolution if feature_map else ()) == (28, 28):
-        objective.distance = Unpadded(objective.distance, pad=2)
     teacher = load_denoiser(args.teacher, session.channels, device) if args.teacher else None
 
     def step_loss(x0: Tensor, gen: torch.Generator, step: int) -> tuple[Tensor, Tensor]:

@@ -369,8 +369,8 @@ register_pretrained(PretrainedSpec(
 ))
 register_pretrained(PretrainedSpec(
     name="mnist",
-    description="VGG11-BN half width (4 stages), 12 grayscale perturbations, MNIST train (60k), 28x28 in [-1, 1]",
+    description="VGG11-BN half width, 12 grayscale perturbations, MNIST train (60k) padded to 32x32, in [-1, 1]",
     repo_id="mfd-loss/mfd-mnist-vgg11-half", revision="main",
-    sha256="b99703ef43a3dbd2b2b74673db415950243c1c30533c231d0d67f78d3b88c54e",
-    embedded="mnist", channels=1, resolution=(28, 28), value_range=(-1.0, 1.0), preset="grayscale",
+    sha256="651dd4fc8d504e6919dfbf5693c5edab730950f336e8931e71448aadae6802d8",
+    embedded="mnist", channels=1, resolution=(32, 32), value_range=(-1.0, 1.0), preset="grayscale",
 ))
