@@ -26,6 +26,7 @@ Writes benchmarks/results/tangent-alignment-<device>.{json,png,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -62,7 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--map-steps", type=int, default=600, help="training steps of each feature map trained here")
     p.add_argument("--map-width", type=float, default=0.25, help="VGG11 width of the maps trained here")
     p.add_argument("--map-batch", type=int, default=64, help="batch size of the maps trained here")
-    p.add_argument("--parts", default="synthetic,cifar10", help="which parts to run")
+    p.add_argument("--parts", default="synthetic,cifar10", help="which parts to run (the other parts of an existing "
+                                                                 "result file are kept)")
+    p.add_argument("--compare-map", action="append", default=[], metavar="LABEL=PATH",
+                   help="also measure this feature-map folder on CIFAR-10 beside the shipped one (repeatable), "
+                        "e.g. a previous release's map")
     p.add_argument("--work", default="runs/bench-alignment", help="cache of the feature maps trained here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -175,6 +180,11 @@ def cifar_part(args: argparse.Namespace) -> dict:
     losses["MFD group, shipped cifar10"] = shipped
     losses["MFD squared, shipped cifar10"] = with_distance(shipped, "squared")
     losses["MFD group, random init (shipped arch)"] = random_init_like(shipped, args.seed)
+    for spec in args.compare_map:
+        label, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--compare-map wants LABEL=PATH, got {spec!r}")
+        losses[f"MFD group, {label}"] = MFD(pretrained=path).to(args.device_obj)
     subset = train_images[:2000] if args.smoke else train_images
     for preset in PRESETS["cifar10"]:
         folder = Path(args.work) / f"cifar10-{preset}-{args.map_steps}"
@@ -227,13 +237,18 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"environment": environment(args.device_obj, torch.float32), "config": config}
     started = time.monotonic()
     parts = {"synthetic": synthetic_part, "cifar10": cifar_part}
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    kept = [key for key in parts if key not in args.parts and key in previous]
+    for key in kept:  # a run of some parts keeps the others' last measurement, with its own environment
+        result[key] = {**previous[key], "measured_in_an_earlier_run": previous.get("environment", {})}
     for key in args.parts:
         result[key] = parts[key](args)
         print(f"\n## {key}: {result[key]['description']}\n\n{table(result[key], args.noise_levels)}")
     result["seconds"] = round(time.monotonic() - started, 1)
     write_json(out, result)
+    present = [key for key in parts if key in result]
     markdown = "\n\n".join(f"### {key}: {result[key]['description']}\n\n{table(result[key], args.noise_levels)}"
-                           for key in args.parts)
+                           for key in present)
     out.with_suffix(".md").write_text(markdown + "\n")
     if not args.no_plot:
         plot(result, out.with_suffix(".png"))

@@ -364,7 +364,7 @@ register_pretrained(PretrainedSpec(
     name="cifar10",
     description="VGG11-BN half width, all 15 perturbations, CIFAR-10 train (50k), 32x32 RGB in [-1, 1] (default)",
     repo_id="mfd-loss/mfd-cifar10-vgg11-half", revision="main",
-    sha256="205785252c4e5bd7f97d9f563fdd1c774801a29a8f45a99593569e26321045d5",
+    sha256="86cf5b31ca3333fe5ce803614e58bacefbe477311e49ce265fc5aa2c4e76be35",
     embedded="cifar10", channels=3, resolution=(32, 32), value_range=(-1.0, 1.0), preset="all",
 ))
 register_pretrained(PretrainedSpec(
