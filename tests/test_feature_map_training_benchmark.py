@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _module():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module("feature_map_training")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_script(BENCHMARKS / "feature_map_training.py")
 
 
 def test_recipe_study_smoke_trains_evaluates_and_resumes(tmp_path):

@@ -18,15 +18,6 @@ from .spec import PIPELINE_VERSION, LabelSpec, label_spec
 __all__ = ["PerturbationParams", "Perturbations"]
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("mfd-loss")
-    except metadata.PackageNotFoundError:
-        return "(source tree)"
-
-
 @dataclass(frozen=True)
 class PerturbationParams:
     """Everything needed to replay one batch of perturbations exactly."""
@@ -67,8 +58,8 @@ class Perturbations:
         self.spec = label_spec(spec)
         if self.spec.pipeline != PIPELINE_VERSION:
             raise ValueError(
-                f"this label spec was produced with perturbation pipeline {self.spec.pipeline}, but mfd-loss "
-                f"{_version()} implements pipeline {PIPELINE_VERSION} (the conventions changed: see "
+                f"this label spec was produced with perturbation pipeline {self.spec.pipeline}, but this mfd-loss "
+                f"implements pipeline {PIPELINE_VERSION} (the conventions changed: see "
                 "docs/how-it-works.md); labels from one do not describe images of the other. Train a new map, or "
                 "evaluate with the mfd-loss release that trained it"
             )
