@@ -270,6 +270,10 @@ class TrainingClock:
     continues from the very value its last logged evaluation shows: the clock can never go backwards,
     however long a checkpoint write or an evaluation takes. ``source`` is ``"wall"`` (``time.monotonic``)
     or ``"cpu"`` (``time.process_time``: this process's CPU time, a shared machine's fairer clock).
+    The clock is created stopped and runs from :meth:`start`, so set-up (decoding the data set, building the
+    Fréchet-distance features, loading a feature map) is not training time: without this, every (re)start
+    added its set-up to the run's training wall-clock, ~9 s per process for a CPU run whose 300 batch-16
+    steps take 40 s.
     """
 
     def __init__(self, elapsed: float = 0.0, source: str = "wall"):
@@ -277,7 +281,12 @@ class TrainingClock:
             raise ValueError(f"source must be 'wall' or 'cpu', got {source!r}")
         self._source = source
         self._elapsed = float(elapsed)
-        self._since: float | None = self._now()
+        self._since: float | None = None
+
+    def start(self) -> None:
+        """Let the clock run (no-op if it already runs)."""
+        if self._since is None:
+            self._since = self._now()
 
     def _now(self) -> float:
         return time.monotonic() if self._source == "wall" else time.process_time()
@@ -464,6 +473,8 @@ class Session:
         bar = tqdm(total=args.steps, initial=self.step, disable=self.rank != 0 or args.no_progress, unit="step",
                    desc=self.label)
         started = time.monotonic()
+        self.clock.start()
+        self.cpu_clock.start()
         window = (self.clock.read(), self.cpu_clock.read())
         sums = {"loss": 0.0, "distance": 0.0, "n": 0}
         while self.step < args.steps:

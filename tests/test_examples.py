@@ -355,3 +355,37 @@ def test_distillation_mode_targets_the_teacher_step(tmp_path, denoiser_checkpoin
         "--teacher-solver", solver, "--channels", "16")))  # the student may be wider than the teacher
     assert summary["step"] == 2 and all(math.isfinite(e["loss"]) for e in summary["log"])
     assert calls == [(solver, "EDMDenoiser", False, (8, 3, 32, 32))] * 2
+
+
+def test_training_clock_excludes_set_up(tmp_path, monkeypatch):
+    """Set-up before the first step (here a loss that takes 10 s to build) is not training time.
+
+    The controlled clock advances 1 ms per reading; building the objective (in the real runs: loading the
+    feature map, and the Fréchet-distance features of the test images) adds 10 s. The step-0 evaluation must
+    log 0 s and the last one only the steps' own milliseconds (before the fix the clock ran from the trainer's
+    construction: 10 s at step 0, and 10 s more on every resume)."""
+    import time
+
+    now = [1000.0]
+
+    def monotonic():
+        now[0] += 1e-3
+        return now[0]
+
+    build = example.build_objective
+
+    def slow_build(*a, **k):
+        now[0] += 10.0
+        return build(*a, **k)
+
+    monkeypatch.setattr(time, "monotonic", monotonic)
+    monkeypatch.setattr(example, "build_objective", slow_build)
+    args = _args(tmp_path / "run", "--loss", "l2", "--steps", "2")
+    args[args.index("--eval-every") + 1] = "1"
+    example.main(example.parse_args(args))
+    example.main(example.parse_args([*args[:-2], "--steps", "4", "--resume"]))
+    clocks = [json.loads(line)["eval"]["train_seconds"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if '"eval"' in line]
+    assert len(clocks) == 5
+    assert clocks[0] == 0.0, clocks
+    assert 0.0 < clocks[-1] < 1.0, clocks  # the two starts' 20 s of set-up count nowhere
