@@ -83,9 +83,11 @@ DENOISERS: dict[str, dict[str, Any]] = {
     # CPU sizing (OMP_NUM_THREADS=1, 0.18 M-parameter U-Net, measured: 0.073 CPU-s/step at batch 16 and 0.55 at
     # batch 128, so ~0.28 at batch 64; one network evaluation 1.8 ms per image): 10,000 steps at batch 64 = 2,800 s,
     # plus 3 Heun evaluations (35 evaluations x 2,000 images x 1.8 ms = 126 s each) = ~3,200 CPU-s, about an
-    # hour per data set; the two data sets train side by side, one per core (--shard 0/2 and 1/2).
-    # Dropout 0: a 0.18 M-parameter network underfits 50k images; Adam 1e-3 as EDM's CIFAR-10 recipe.
-    "cpu": {"steps": 10_000, "batch_size": 64, "eval_every": 5000, "fd_samples": 2000,
+    # hour per data set; the two data sets train side by side, one per core (--shard 0/2 and 1/2). MNIST takes
+    # 5,000 steps (320 k images, 5 epochs of the easier data set), so both shards reach the tuning runs at
+    # about the same time. Dropout 0: a 0.18 M-parameter network underfits 50k images; Adam 1e-3 as EDM's CIFAR-10 recipe.
+    "cpu": {"steps": 10_000, "steps_by_dataset": {"mnist": 5000}, "batch_size": 64, "eval_every": 5000,
+            "fd_samples": 2000,
             "train": [*_TINY_UNET, "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3", "--ema-decay", "0.999",
                       "--num-samples", "64"]},
     "gpu": {"steps": 400_000, "batch_size": 512, "eval_every": 50_000, "fd_samples": 10_000,
@@ -112,18 +114,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "fd_classifier_steps": 2, "losses": _TUNE_LOSSES,
                    "train": [*_SMOKE_UNET, "--dropout", "0", "--optimizer", "radam", "--lr", "1e-3", "--ema-decay", "0.9",
                              "--num-samples", "4"]},
-    # Budget of tune-cpu: about 3 h of 2 cores = 21,600 CPU-s, run as two one-thread shards. Measured CPU-s per step
-    # (OMP_NUM_THREADS=1, this 0.18 M-parameter U-Net, shipped 2.3 M-parameter 'cifar10' map), batch 16 / 128:
+    # Budget of tune-cpu: about 100 min of 2 cores = 12,000 CPU-s, run as two one-thread shards. Measured CPU-s per
+    # step (OMP_NUM_THREADS=1, this 0.18 M-parameter U-Net, shipped 2.3 M-parameter 'cifar10' map), batch 16 / 128:
     #   pseudo-Huber 0.10 / 0.92, MFD 0.134 / 1.11 (random-init and squared MFD cost the same as MFD).
     # One iteration of all runs: per (data set, seed) 0.10 + 3 x 0.134 + 0.92 + 3 x 1.11 = 4.75 CPU-s; x 2 data sets
-    # x 2 seeds = 19 CPU-s. 600 iterations = 11,400 CPU-s. Evaluation: 6 points (every 120 iterations, and at 0) x
+    # x 2 seeds = 19 CPU-s. 300 iterations = 5,700 CPU-s. Evaluation: 6 points (every 60 iterations, and at 0) x
     # 5,000 samples x 3 network evaluations (1-step + 2-step) x 1.8 ms + FD features ~ 32 s a point, x 6 x 32 runs
-    # = 6,100 CPU-s. FD classifiers (1,500 steps) ~ 200 CPU-s. Total ~ 17,700 CPU-s = 4.9 CPU-h, ~2.5 h on 2 cores
-    # (the denoisers, ~1 h on 2 cores, come first). LPIPS runs are added only when its weights exist.
-    # EMA 0.99 (a ~100-iteration average, 1/6 of the run; ECT's 0.9999 is for 400k iterations), dropout 0 (as the
+    # = 6,100 CPU-s. Total ~ 11,800 CPU-s = 3.3 CPU-h, ~1.7 h on 2 cores after the denoisers (~0.5 h on 2 cores).
+    # LPIPS runs are added only when its weights exist.
+    # EMA 0.99 (a ~100-iteration average, 1/3 of the run; ECT's 0.9999 is for 400k iterations), dropout 0 (as the
     # denoiser), RAdam at 3e-4 (the paper's 1e-4 is for 400k iterations of a 56 M-parameter network).
     "tune-cpu": {"mode": "tune", "denoiser": "cpu", "shared": "tuning-cpu", "datasets": "cifar10,mnist",
-                 "batch_sizes": "16,128", "seeds": "0,1", "steps": 600, "eval_every": 120, "fd_samples": 5000,
+                 "batch_sizes": "16,128", "seeds": "0,1", "steps": 300, "eval_every": 60, "fd_samples": 5000,
                  "fd_real": 10_000, "fd_classifier_steps": 1500, "losses": _TUNE_LOSSES,
                  "train": [*_TINY_UNET, "--dropout", "0", "--optimizer", "radam", "--lr", "3e-4", "--ema-decay", "0.99",
                            "--num-samples", "64"]},
@@ -228,6 +230,12 @@ def finished(folder: Path, steps: int) -> bool:
     return any(e.get("eval", {}).get("step") == steps for e in read_log(folder))
 
 
+def stop_if_interrupted(summary: dict[str, Any]) -> None:
+    """End the benchmark (status 130/143) when SIGINT/SIGTERM stopped a run: it checkpointed, a rerun resumes it."""
+    if summary["stopped_by"] in ("SIGINT", "SIGTERM"):
+        raise SystemExit(_training.exit_code(summary))
+
+
 def fd_classifier(dataset: str, home: Path, steps: int, device: torch.device) -> Path:
     """The Fréchet-distance network's folder, trained once per data set into ``home`` (skipped if present)."""
     folder = home / f"fd-{dataset}"
@@ -241,10 +249,11 @@ def fd_classifier(dataset: str, home: Path, steps: int, device: torch.device) ->
 def denoiser(args: argparse.Namespace, dataset: str, home: Path, classifier: Path) -> dict[str, Any]:
     """Train (or resume, or just read) the EDM denoiser of a data set; returns its checkpoint and final evaluation."""
     spec = DENOISERS[CONFIGS[args.config]["denoiser"]]
+    steps = spec.get("steps_by_dataset", {}).get(dataset, spec["steps"])
     folder = home / f"denoiser-{dataset}"
     with exclusive(folder):
-        if not finished(folder, spec["steps"]):
-            argv = ["--dataset", dataset, "--out", str(folder), "--steps", str(spec["steps"]),
+        if not finished(folder, steps):
+            argv = ["--dataset", dataset, "--out", str(folder), "--steps", str(steps),
                     "--batch-size", str(spec["batch_size"]), "--eval-every", str(spec["eval_every"]),
                     "--checkpoint-every", str(spec["eval_every"]), "--log-every", str(spec["eval_every"]),
                     "--fd-samples", str(spec["fd_samples"]), "--fd-real", str(CONFIGS[args.config]["fd_real"]),
@@ -252,9 +261,9 @@ def denoiser(args: argparse.Namespace, dataset: str, home: Path, classifier: Pat
                     "--no-progress", *spec["train"]]
             if (folder / "checkpoint.pt").is_file():
                 argv.append("--resume")
-            dm.main(dm.parse_args(argv))
+            stop_if_interrupted(dm.main(dm.parse_args(argv)))
     final = [e["eval"] for e in read_log(folder) if "eval" in e][-1]
-    return {"checkpoint": str(folder / "checkpoint.pt"), "steps": spec["steps"], "batch_size": spec["batch_size"],
+    return {"checkpoint": str(folder / "checkpoint.pt"), "steps": steps, "batch_size": spec["batch_size"],
             "train_args": spec["train"], "final_eval": final}
 
 
@@ -273,7 +282,7 @@ def run_one(args: argparse.Namespace, dataset: str, batch: int, loss: str, seed:
             argv += ["--init", teacher] + (["--teacher", teacher] if preset["mode"] == "distill" else [])
         if (folder / "checkpoint.pt").is_file():
             argv.append("--resume")
-        ct.main(ct.parse_args(argv))
+        stop_if_interrupted(ct.main(ct.parse_args(argv)))
     entries = read_log(folder)
     evals: dict[int, dict[str, Any]] = {}
     for entry in (e["eval"] for e in entries if "eval" in e):

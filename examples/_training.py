@@ -23,6 +23,8 @@ import copy
 import json
 import math
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -40,6 +42,7 @@ from mfd_loss.checkpoint import load_checkpoint, save_checkpoint
 from mfd_loss.consistency import EDMDenoiser
 from mfd_loss.datasets import load_cifar10, load_mnist
 from mfd_loss.distributed import max_over_processes
+from mfd_loss.interrupt import StopRequested, exit_status
 
 # Flags that define the network: a checkpoint records them, --init and --teacher rebuild from them.
 NETWORK_ARGS = ("arch", "channels", "channel_mult", "num_blocks", "attention", "dropout")
@@ -477,44 +480,60 @@ class Session:
         self.cpu_clock.start()
         window = (self.clock.read(), self.cpu_clock.read())
         sums = {"loss": 0.0, "distance": 0.0, "n": 0}
-        while self.step < args.steps:
-            self.model.train()
-            x0, gen = self.batch(self.step)
-            torch.manual_seed(seeded(args.seed, 3, self.rank, self.step).initial_seed())  # dropout masks of this step
-            loss, distance = step_loss(x0, gen, self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            update_ema(self.ema, self.model, min(args.ema_decay, (1 + self.step) / (10 + self.step)))
-            self.step += 1
-            bar.update(1)
-            sums["loss"] += loss.detach()  # summed on the device; read (one sync) at log time
-            sums["distance"] += distance.detach().mean()
-            sums["n"] += 1
-            if self.step % args.log_every == 0 or self.step == args.steps:
-                now = (self.clock.read(), self.cpu_clock.read())
-                entry = {"step": self.step, "loss": float(sums["loss"]) / sums["n"],
-                         "weighted_distance": float(sums["distance"]) / sums["n"],
-                         "seconds_per_step": (now[0] - window[0]) / sums["n"],
-                         "cpu_seconds_per_step": (now[1] - window[1]) / sums["n"]}
-                self.log(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4g}", wdist=f"{entry['weighted_distance']:.4g}")
-                window, sums = now, {"loss": 0.0, "distance": 0.0, "n": 0}
-            # decided by all processes together: on their own clocks they could stop on different steps and hang
-            out_of_time = args.max_minutes is not None and bool(max_over_processes(
-                time.monotonic() - started > 60 * args.max_minutes, self.device))
-            if self.step % args.checkpoint_every == 0 or self.step == args.steps or out_of_time:
-                self.checkpoint()
-            if self.step % args.eval_every == 0 or self.step == args.steps:
-                self.evaluate(samplers, extra_eval)  # the clocks stand still meanwhile: per-step times exclude it
-            if out_of_time:
-                break
+        halt = 0
+        with StopRequested() as stop:
+            while self.step < args.steps:
+                self.model.train()
+                x0, gen = self.batch(self.step)
+                torch.manual_seed(seeded(args.seed, 3, self.rank, self.step).initial_seed())  # dropout masks of this step
+                loss, distance = step_loss(x0, gen, self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                update_ema(self.ema, self.model, min(args.ema_decay, (1 + self.step) / (10 + self.step)))
+                self.step += 1
+                bar.update(1)
+                sums["loss"] += loss.detach()  # summed on the device; read (one sync) at log time
+                sums["distance"] += distance.detach().mean()
+                sums["n"] += 1
+                if self.step % args.log_every == 0 or self.step == args.steps:
+                    now = (self.clock.read(), self.cpu_clock.read())
+                    entry = {"step": self.step, "loss": float(sums["loss"]) / sums["n"],
+                             "weighted_distance": float(sums["distance"]) / sums["n"],
+                             "seconds_per_step": (now[0] - window[0]) / sums["n"],
+                             "cpu_seconds_per_step": (now[1] - window[1]) / sums["n"]}
+                    self.log(entry)
+                    bar.set_postfix(loss=f"{entry['loss']:.4g}", wdist=f"{entry['weighted_distance']:.4g}")
+                    window, sums = now, {"loss": 0.0, "distance": 0.0, "n": 0}
+                # decided by all processes together: on their own clocks or signals they could stop on different
+                # steps and hang. 0 go on, 1 out of --max-minutes, > 1 the number of the signal that asked to stop
+                out_of_time = args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes
+                halt = max_over_processes(stop.signum if stop.flag else 1 if out_of_time else 0, self.device)
+                if self.step % args.checkpoint_every == 0 or self.step == args.steps or halt:
+                    self.checkpoint()
+                if self.step % args.eval_every == 0 or self.step == args.steps:
+                    self.evaluate(samplers, extra_eval)  # the clocks stand still meanwhile: per-step times exclude it
+                if halt:
+                    break
         bar.close()
         evals = [h["eval"] for h in self.history if "eval" in h]
-        summary = {"step": self.step, "train_seconds": round(self.clock.read(), 1),
+        stopped_by = None if self.step >= args.steps else signal.Signals(halt).name if halt > 1 else "max_minutes"
+        summary = {"step": self.step, "stopped_by": stopped_by, "train_seconds": round(self.clock.read(), 1),
                    "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
                    "log": [h for h in self.history if "loss" in h]}
         if self.world > 1:
             dist.destroy_process_group()
         return summary
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The exit status of an example's run: 0 finished or out of ``--max-minutes``, 130/143 on SIGINT/SIGTERM.
+
+    An interrupted run has written its checkpoint; this says so on stderr, with the way to resume.
+    """
+    stopped_by = summary.get("stopped_by")
+    if stopped_by is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"stopped by {stopped_by} at step {summary['step']}; the checkpoint is saved: rerun the same command "
+              f"with --resume to continue", file=sys.stderr)
+    return exit_status(stopped_by)

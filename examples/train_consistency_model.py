@@ -172,4 +172,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(_training.exit_code(main(parse_args())))

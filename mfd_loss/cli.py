@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import textwrap
 import warnings
 from typing import Any, Sequence
 
 from . import demo, hub_cli
+from .interrupt import exit_status
 
 __all__ = ["main", "build_parser", "train_settings"]
 
@@ -194,7 +194,7 @@ def _run_train(args: argparse.Namespace) -> int:
         if main_process:
             print(f"mfd-loss train: interrupted by {stopped_by} at step {summary['step']}; the checkpoint is saved, "
                   "rerun the same command to resume", file=sys.stderr)
-        return 128 + int(getattr(signal, stopped_by))
+        return exit_status(stopped_by)
     if main_process:
         if not summary["finished"]:
             print(f"mfd-loss train: stopped at step {summary['step']} (--max-minutes); rerun the same command to "

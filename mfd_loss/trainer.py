@@ -40,6 +40,7 @@ from .distributed import init_distributed, max_over_processes, use_global_batchn
 from .feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
 from .datasets import to_model_range
 from .image_sources import collate_images, open_image_source
+from .interrupt import StopRequested
 from .perturbations import LabelSpec, Perturbations, label_spec
 from .serialization import save_feature_map
 
@@ -300,30 +301,6 @@ def evaluate_feature_map(
     metrics["mse_mean"] = float(sum(metrics["mse"].values()) / len(metrics["mse"]))
     metrics.update(num_images=int(images.shape[0]), p=p)
     return metrics
-
-
-class _StopRequested:
-    """Turns SIGTERM/SIGINT into a flag so the loop can write a checkpoint before exiting."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self.signum = 0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequested":
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous.clear()
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.flag, self.signum = True, signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class _CsvLog:
@@ -596,7 +573,7 @@ def train_feature_map(
     started = last_log = time.monotonic()
     running, running_n, log_images, halt_code = 0.0, 0, 0, 0
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and ctx.is_main), desc="feature map", unit="step")
-    with _StopRequested() as stop:
+    with StopRequested() as stop:
         for batch in loader:
             x = to_model_range(batch, input_range).to(ctx.device)
             xp, labels = perturbations(x, generator=_generator(config.seed, 3, step), p=schedule.probability(step))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -389,3 +390,34 @@ def test_training_clock_excludes_set_up(tmp_path, monkeypatch):
     assert len(clocks) == 5
     assert clocks[0] == 0.0, clocks
     assert 0.0 < clocks[-1] < 1.0, clocks  # the two starts' 20 s of set-up count nowhere
+
+
+@pytest.mark.parametrize("script", ["consistency", "diffusion"])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_checkpoints_and_the_rerun_resumes_exactly(tmp_path, monkeypatch, capsys, script, signum, code):
+    """SIGTERM/SIGINT during step 3 of 5 (no periodic checkpoint due): the run writes its checkpoint at step 3,
+    exits 143/130 saying how to resume, and the resumed run ends with the weights of a straight run."""
+    module, make, extra = {"consistency": (example, _args, ["--loss", "pseudo-huber"]),
+                           "diffusion": (diffusion, _denoiser_args, [])}[script]
+    common = [*extra, "--checkpoint-every", "1000", "--dropout", "0.2", "--steps", "5"]
+    module.main(module.parse_args(make(tmp_path / "straight", *common)))
+    real_batch = _training.Session.batch
+
+    def batch_with_signal(self, step):
+        if step == 2:
+            signal.raise_signal(signum)  # arrives during the third step
+        return real_batch(self, step)
+
+    monkeypatch.setattr(_training.Session, "batch", batch_with_signal)
+    summary = module.main(module.parse_args(make(tmp_path / "stopped", *common)))
+    assert summary["stopped_by"] == signal.Signals(signum).name and summary["step"] == 3
+    assert _training.exit_code(summary) == code
+    assert "rerun the same command with --resume" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["step"] == 3
+    monkeypatch.setattr(_training.Session, "batch", real_batch)
+    resumed = module.main(module.parse_args(make(tmp_path / "stopped", *common, "--resume")))
+    assert resumed["stopped_by"] is None and _training.exit_code(resumed) == 0
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt"), load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 5
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
