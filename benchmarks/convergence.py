@@ -141,11 +141,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Budget of distill-cpu (CIFAR-10, the tune-cpu teacher): the teacher's Heun step adds two no-grad network
     # evaluations per step (+0.045 / +0.4 CPU-s at batch 16 / 128). One iteration of all runs: per seed
     # 2 x 0.145 + 2 x 0.18 (batch 16) + 2 x 1.32 + 2 x 1.51 (batch 128) = 6.3 CPU-s, x 2 seeds = 12.6 CPU-s;
-    # 600 iterations = 7,600 CPU-s, evaluation 6 x 32 s x 16 runs = 3,100 CPU-s: ~10,700 CPU-s = 3 CPU-h,
-    # ~1.5 h on 2 cores. Adam at 4e-4 as Song et al. 2023's CIFAR-10 distillation (not RAdam: its first steps are
+    # 300 iterations = 3,800 CPU-s, evaluation 6 x 32 s x 16 runs = 3,100 CPU-s: ~6,900 CPU-s = 1.9 CPU-h,
+    # ~1 h on 2 cores. Adam at 4e-4 as Song et al. 2023's CIFAR-10 distillation (not RAdam: its first steps are
     # un-normalised momentum steps, and the value losses - MFD as a value, L2 - have un-normalised gradients).
     "distill-cpu": {"mode": "distill", "denoiser": "cpu", "shared": "tuning-cpu", "datasets": "cifar10",
-                    "batch_sizes": "16,128", "seeds": "0,1", "steps": 600, "eval_every": 120, "fd_samples": 5000,
+                    "batch_sizes": "16,128", "seeds": "0,1", "steps": 300, "eval_every": 60, "fd_samples": 5000,
                     "fd_real": 10_000, "fd_classifier_steps": 1500, "losses": _DISTILL_LOSSES,
                     "train": [*_TINY_UNET, "--dropout", "0", "--optimizer", "adam", "--lr", "4e-4",
                               "--ema-decay", "0.99", "--num-samples", "64"]},
@@ -330,12 +330,19 @@ def steps_to_reach(steps: list[int], values: list[float], level: float) -> float
 
 
 def reach(runs: list[list[dict]], reference: list[list[dict]], sampler: str) -> dict[str, float | None]:
-    """Iterations (and wall-clock) ``runs`` need to reach the final mean FD of ``reference``, as shares of its total."""
+    """Iterations (and wall-clock) ``runs`` need to reach the final mean FD of ``reference``, as shares of its total.
+
+    When the reference ends no better than it started (a tuning run that lost quality), every run "reaches" it at
+    iteration 0 and a share would read as an infinite speed-up: then the shares are None and
+    ``reference_improved`` is False (the tables say so instead of printing a ratio).
+    """
     steps, values, _ = mean_curve(runs, sampler)
     ref_steps, ref_values, _ = mean_curve(reference, sampler)
+    if ref_values[-1] >= ref_values[0]:
+        return {"steps": None, "iteration_ratio": None, "time_ratio": None, "reference_improved": False}
     at = steps_to_reach(steps, values, ref_values[-1])
     ref_total = mean_clock(reference)[-1]
-    return {"steps": at, "iteration_ratio": None if at is None else at / ref_steps[-1],
+    return {"steps": at, "reference_improved": True, "iteration_ratio": None if at is None else at / ref_steps[-1],
             "time_ratio": None if at is None or not ref_total else interpolate(steps, mean_clock(runs), at) / ref_total}
 
 
@@ -375,6 +382,8 @@ def cross_batch(result: dict, small: int = 16, large: int = 128) -> list[dict[st
 def _ratio(r: dict[str, float | None] | None, steps: int) -> tuple[str, str]:
     if r is None:
         return "n/a", "n/a"
+    if r.get("reference_improved") is False:
+        return "n/a: ECT ended above its start", "n/a"
     if r["iteration_ratio"] is None:
         return f"not reached in {steps}", "n/a"
     clock = "n/a" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}x"

@@ -138,6 +138,22 @@ def test_time_ratio_follows_the_training_clock():
     assert row["time_ratio"] == pytest.approx(30.0 / 20.0)  # fewer iterations, but each one slower
 
 
+def test_no_speed_up_is_claimed_against_a_reference_that_got_worse():
+    """ECT ending above its own start is 'reached' by every run at iteration 0: no ratio, a plain statement."""
+    bench = load_script(BENCHMARKS / "convergence.py")
+    run = lambda fds: [{"step": s, "train_seconds": float(s), "1step": f, "2step": f}  # noqa: E731
+                       for s, f in zip((0, 10, 20), fds)]
+    result = {"groups": [{"dataset": "d", "batch_size": 4, "metric": "FD_x",
+                          "runs": {"mfd": [run((100.0, 40.0, 30.0))],
+                                   "pseudo-huber": [run((100.0, 110.0, 105.0))]}}]}
+    row = bench.summarise(result)[0]["reach"]["mfd"]
+    assert row["reference_improved"] is False and row["iteration_ratio"] is None and row["time_ratio"] is None
+    assert bench._ratio(row, 20) == ("n/a: ECT ended above its start", "n/a")
+    result["groups"][0]["runs"]["pseudo-huber"] = [run((100.0, 110.0, 99.0))]  # a hair below its start: a ratio
+    row = bench.summarise(result)[0]["reach"]["mfd"]
+    assert row["reference_improved"] is True and row["steps"] == pytest.approx(10 * 1 / 60)  # 100 -> 40 over 0..10
+
+
 def _read_args(run: Path) -> dict:
     return json.loads((run / "args.json").read_text())
 
