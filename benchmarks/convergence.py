@@ -391,7 +391,10 @@ def _ratio(r: dict[str, float | None] | None, steps: int) -> tuple[str, str]:
 
 
 def report(result: dict) -> str:
-    losses, steps, metric = result["losses_run"], result["config"]["steps"], result["metric"]
+    losses, steps = result["losses_run"], result["config"]["steps"]
+    # one header for several data sets: FD_cnn-cifar10 and FD_cnn-mnist are each data set's own classifier
+    metrics = sorted({g["metric"] for g in result["groups"]})
+    metric = metrics[0] if len(metrics) == 1 else metrics[0].split("-")[0]
     seeds = len(result["config"]["seeds"])
     parts = []
     if result.get("denoisers"):
@@ -422,7 +425,8 @@ def report(result: dict) -> str:
             [[c["dataset"], LABELS[c["loss"]], f"{c['final']:.1f} ± {c['final_sem']:.1f}",
               f"{c['reference_final']:.1f}", *_ratio(c["reach"], steps)] for c in result["cross_batch"]]))
     note = (f"Mean ± standard error over {seeds} seed(s); {result['config']['fd_samples']} samples per Fréchet "
-            f"distance; {steps} iterations.")
+            f"distance; {steps} iterations." + ("" if len(metrics) == 1 else
+                                                f" {metric} is {' / '.join(metrics)} on each data set's rows."))
     return "\n\n".join(parts + [note])
 
 

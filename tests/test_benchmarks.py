@@ -111,8 +111,9 @@ def test_readme_tables_are_the_measured_ones():
     """benchmarks/README.md shows exactly the tables the scripts wrote (python benchmarks/update_readme.py)."""
     update = load_script(BENCHMARKS / "update_readme.py")
     readme = (BENCHMARKS / "README.md").read_text()
-    names = update.BLOCK.findall(readme)
-    assert len(names) == 3, "the README should carry the cost, tangent-alignment and convergence tables"
+    names = [m["name"] for m in update.BLOCK.finditer(readme)]
+    assert names == ["cost-cpu.md", "tangent-alignment-cpu.md", "convergence-cpu.md", "convergence-tune-cpu.md"], \
+        "the README should carry the cost, tangent-alignment, convergence and tuning tables"
     assert update.render(readme) == readme, "README tables differ from benchmarks/results/*.md: run update_readme.py"
 
 
