@@ -232,8 +232,9 @@ def finished(folder: Path, steps: int) -> bool:
 
 def stop_if_interrupted(summary: dict[str, Any]) -> None:
     """End the benchmark (status 130/143) when SIGINT/SIGTERM stopped a run: it checkpointed, a rerun resumes it."""
-    if summary["stopped_by"] in ("SIGINT", "SIGTERM"):
-        raise SystemExit(_training.exit_code(summary))
+    code = _training.exit_code(summary)
+    if code:
+        raise SystemExit(code)
 
 
 def fd_classifier(dataset: str, home: Path, steps: int, device: torch.device) -> Path:

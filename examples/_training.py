@@ -23,7 +23,6 @@ import copy
 import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from mfd_loss.checkpoint import load_checkpoint, save_checkpoint
 from mfd_loss.consistency import EDMDenoiser
 from mfd_loss.datasets import load_cifar10, load_mnist
 from mfd_loss.distributed import max_over_processes
-from mfd_loss.interrupt import StopRequested, exit_status
+from mfd_loss.interrupt import StopRequested, exit_status, stop_reason
 
 # Flags that define the network: a checkpoint records them, --init and --teacher rebuild from them.
 NETWORK_ARGS = ("arch", "channels", "channel_mult", "num_blocks", "attention", "dropout")
@@ -518,7 +517,7 @@ class Session:
                     break
         bar.close()
         evals = [h["eval"] for h in self.history if "eval" in h]
-        stopped_by = None if self.step >= args.steps else signal.Signals(halt).name if halt > 1 else "max_minutes"
+        stopped_by = None if self.step >= args.steps else stop_reason(halt)
         summary = {"step": self.step, "stopped_by": stopped_by, "train_seconds": round(self.clock.read(), 1),
                    "first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
                    "log": [h for h in self.history if "loss" in h]}

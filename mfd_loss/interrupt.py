@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-__all__ = ["StopRequested", "exit_status"]
+__all__ = ["StopRequested", "exit_status", "stop_reason"]
 
 
 class StopRequested:
@@ -41,6 +41,14 @@ class StopRequested:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def stop_reason(halt: int) -> str | None:
+    """Name the halt code a training loop agreed on (``max_over_processes``): 0 -> None (it ran on),
+    1 -> ``"max_minutes"`` (a time limit), a signal number -> its name (``"SIGTERM"``, ``"SIGINT"``)."""
+    if halt == 0:
+        return None
+    return "max_minutes" if halt == 1 else signal.Signals(halt).name
 
 
 def exit_status(stopped_by: str | None) -> int:

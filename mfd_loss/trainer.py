@@ -20,7 +20,6 @@ import csv
 import hashlib
 import math
 import os
-import signal
 import time
 import warnings
 from contextlib import nullcontext
@@ -40,7 +39,7 @@ from .distributed import init_distributed, max_over_processes, use_global_batchn
 from .feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
 from .datasets import to_model_range
 from .image_sources import collate_images, open_image_source
-from .interrupt import StopRequested
+from .interrupt import StopRequested, stop_reason
 from .perturbations import LabelSpec, Perturbations, label_spec
 from .serialization import save_feature_map
 
@@ -612,7 +611,7 @@ def train_feature_map(
                 break
     bar.close()
     finished = step >= config.steps
-    stopped_by = None if finished else signal.Signals(halt_code).name if halt_code > 1 else "max_minutes"
+    stopped_by = None if finished else stop_reason(halt_code)
     summary = {"step": step, "finished": finished, "stopped_by": stopped_by, "images_seen": step * config.batch_size,
                "train_seconds": round(train_seconds, 1), "metrics": last_eval}
     if ctx.distributed:
