@@ -164,6 +164,18 @@ LABELS = {"mfd": "MFD (AYT)", "pseudo-huber": "pseudo-Huber c=0 (ECT)", "lpips":
           "l2": "L2", "mfd-random": "MFD random-init map (AYT)", "mfd-squared": "MFD squared (AYT)",
           "mfd-value": "MFD as loss value"}
 REFERENCE = "pseudo-huber"  # the loss every other one is measured against (ECT)
+# Distillation has no ECT: there the reference is the plain pseudo-Huber c=0 distance to the teacher-step target.
+_DISTILL_LABELS = {"pseudo-huber": "pseudo-Huber c=0"}
+
+
+def label(loss: str, mode: str) -> str:
+    """Table and legend name of ``loss`` in a benchmark of ``mode`` (scratch, tune or distill)."""
+    return (_DISTILL_LABELS if mode == "distill" else {}).get(loss, LABELS[loss])
+
+
+def reference_name(mode: str) -> str:
+    """Short name of the reference loss in table headers: ECT, or pseudo-Huber in distillation."""
+    return "pseudo-Huber" if mode == "distill" else "ECT"
 
 
 # Every run of a benchmark decodes the same archives: decode each (data set, split) once per process.
@@ -299,8 +311,17 @@ def run_one(args: argparse.Namespace, dataset: str, batch: int, loss: str, seed:
 
 # ------------------------------------------------------------------------------------------- analysis
 def mean_curve(runs: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
-    """Steps, mean and standard error over seeds of one metric (runs share their evaluation steps)."""
+    """Steps, mean and standard error over seeds of one metric.
+
+    Raises:
+        ValueError: the seeds were not evaluated at the same steps.
+    """
     steps = [e["step"] for e in runs[0]]
+    for run in runs[1:]:
+        if [e["step"] for e in run] != steps:
+            raise ValueError(f"the seeds of one loss were evaluated at different steps ({steps} and "
+                             f"{[e['step'] for e in run]}): delete the run folder that lacks an evaluation "
+                             f"(under --work) and rerun to train it again")
     values = torch.tensor([[e[key] for e in run] for run in runs], dtype=torch.float64)
     sem = values.std(0) / math.sqrt(values.shape[0]) if values.shape[0] > 1 else torch.zeros(values.shape[1])
     return steps, values.mean(0).tolist(), sem.tolist()
@@ -365,7 +386,8 @@ def summarise(result: dict) -> list[dict[str, Any]]:
 
 
 def cross_batch(result: dict, small: int = 16, large: int = 128) -> list[dict[str, Any]]:
-    """Each loss at batch ``small`` against ECT at batch ``large`` (1-step): finals and iterations to reach ECT's final."""
+    """Each loss at batch ``small`` against the reference (ECT) at batch ``large`` (1-step): finals and iterations to
+    reach the reference's final."""
     rows = []
     for dataset in dict.fromkeys(g["dataset"] for g in result["groups"]):
         groups = {g["batch_size"]: g for g in result["groups"] if g["dataset"] == dataset}
@@ -380,11 +402,11 @@ def cross_batch(result: dict, small: int = 16, large: int = 128) -> list[dict[st
     return rows
 
 
-def _ratio(r: dict[str, float | None] | None, steps: int) -> tuple[str, str]:
+def _ratio(r: dict[str, float | None] | None, steps: int, reference: str = "ECT") -> tuple[str, str]:
     if r is None:
         return "n/a", "n/a"
     if r.get("reference_improved") is False:
-        return "n/a: ECT ended above its start", "n/a"
+        return f"n/a: {reference} ended above its start", "n/a"
     if r["iteration_ratio"] is None:
         return f"not reached in {steps}", "n/a"
     clock = "n/a" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}x"
@@ -393,6 +415,8 @@ def _ratio(r: dict[str, float | None] | None, steps: int) -> tuple[str, str]:
 
 def report(result: dict) -> str:
     losses, steps = result["losses_run"], result["config"]["steps"]
+    mode = result["config"].get("mode", "scratch")
+    ref = reference_name(mode)
     # one header for several data sets: FD_cnn-cifar10 and FD_cnn-mnist are each data set's own classifier
     metrics = sorted({g["metric"] for g in result["groups"]})
     metric = metrics[0] if len(metrics) == 1 else metrics[0].split("-")[0]
@@ -405,7 +429,7 @@ def report(result: dict) -> str:
               next((f"{x:.1f}" for k, x in v["final_eval"].items() if k.startswith(("FD", "FID"))), "n/a")]
              for d, v in result["denoisers"].items()]))
     parts.append(markdown_table(
-        ["data", "batch", "sampler"] + [f"{metric} {LABELS[k]}" for k in losses],
+        ["data", "batch", "sampler"] + [f"{metric} {label(k, mode)}" for k in losses],
         [[r["dataset"], r["batch_size"], r["sampler"]] +
          [f"{r['final'][k]:.1f} ± {r['final_sem'][k]:.1f}" for k in losses] for r in result["summary"]]))
     others = [k for k in losses if k != REFERENCE]
@@ -414,17 +438,18 @@ def report(result: dict) -> str:
         for r in result["summary"]:
             if r["sampler"] == "1step":
                 for k in others:
-                    rows.append([r["dataset"], r["batch_size"], LABELS[k], f"{r['final'][k] / r['final'][REFERENCE]:.2f}",
-                                 *_ratio(r["reach"].get(k), steps)])
+                    rows.append([r["dataset"], r["batch_size"], label(k, mode),
+                                 f"{r['final'][k] / r['final'][REFERENCE]:.2f}", *_ratio(r["reach"].get(k), steps, ref)])
         parts.append(markdown_table(
-            ["data", "batch", "loss", f"final 1-step {metric} / ECT's",
-             f"iterations to reach ECT's final 1-step {metric} (share of ECT's)", "same in training wall-clock"], rows))
+            ["data", "batch", "loss", f"final 1-step {metric} / {ref}'s",
+             f"iterations to reach {ref}'s final 1-step {metric} (share of {ref}'s)", "same in training wall-clock"],
+            rows))
     if result.get("cross_batch"):
         parts.append(markdown_table(
-            ["data", "loss at batch 16", f"final 1-step {metric}", "ECT at batch 128", "iterations to reach it",
+            ["data", "loss at batch 16", f"final 1-step {metric}", f"{ref} at batch 128", "iterations to reach it",
              "wall-clock"],
-            [[c["dataset"], LABELS[c["loss"]], f"{c['final']:.1f} ± {c['final_sem']:.1f}",
-              f"{c['reference_final']:.1f}", *_ratio(c["reach"], steps)] for c in result["cross_batch"]]))
+            [[c["dataset"], label(c["loss"], mode), f"{c['final']:.1f} ± {c['final_sem']:.1f}",
+              f"{c['reference_final']:.1f}", *_ratio(c["reach"], steps, ref)] for c in result["cross_batch"]]))
     note = (f"Mean ± standard error over {seeds} seed(s); {result['config']['fd_samples']} samples per Fréchet "
             f"distance; {steps} iterations." + ("" if len(metrics) == 1 else
                                                 f" {metric} is {' / '.join(metrics)} on each data set's rows."))
@@ -433,7 +458,7 @@ def report(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     plt = pyplot()
-    groups = result["groups"]
+    groups, mode = result["groups"], result["config"].get("mode", "scratch")
     fig, axes = plt.subplots(2, len(groups), figsize=(4.2 * len(groups), 7), squeeze=False)
     for col, group in enumerate(groups):
         for row, x_key in enumerate(("step", "train_seconds")):
@@ -443,7 +468,7 @@ def plot(result: dict, path: Path) -> None:
                     _, mean, sem = mean_curve(runs, sampler)
                     xs = [e["step"] for e in runs[0]] if x_key == "step" else mean_clock(runs)
                     line = ax.plot(xs, mean, style, marker="o", markersize=3,
-                                   label=f"{LABELS[loss]} {sampler}", color=f"C{list(LOSSES).index(loss)}")[0]
+                                   label=f"{label(loss, mode)} {sampler}", color=f"C{list(LOSSES).index(loss)}")[0]
                     ax.fill_between(xs, [m - s for m, s in zip(mean, sem)], [m + s for m, s in zip(mean, sem)],
                                     color=line.get_color(), alpha=0.15)
             ax.set_xlabel("iteration" if x_key == "step" else "training wall-clock (s)")
@@ -459,13 +484,13 @@ def plot(result: dict, path: Path) -> None:
 def plot_samples(result: dict, stem: Path) -> list[str]:
     """One PNG per (data set, batch): the teacher's Heun grid (if any) and each loss's final 1-step grid (seed 0)."""
     plt = pyplot()
-    written = []
+    written, mode = [], result["config"].get("mode", "scratch")
     for group in result["groups"]:
         panels = []
         teacher = result.get("denoisers", {}).get(group["dataset"])
         if teacher and teacher["final_eval"].get("grid_heun"):
             panels.append(("EDM denoiser, Heun 35 evaluations", teacher["final_eval"]["grid_heun"]))
-        panels += [(f"{LABELS[loss]}, 1 step", runs[0][-1]["grid_1step"]) for loss, runs in group["runs"].items()]
+        panels += [(f"{label(loss, mode)}, 1 step", runs[0][-1]["grid_1step"]) for loss, runs in group["runs"].items()]
         panels = [(title, p) for title, p in panels if p and Path(p).is_file()]
         if not panels:
             continue

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from fd_metric import FrechetDistance
 from unet import build_network
 
-from mfd_loss.checkpoint import load_checkpoint, save_checkpoint
+from mfd_loss.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from mfd_loss.consistency import EDMDenoiser
 from mfd_loss.datasets import load_cifar10, load_mnist
 from mfd_loss.distributed import max_over_processes
@@ -375,6 +375,11 @@ class Session:
             self.scaler.load_state_dict(state["scaler"])
             self.step, self.history = state["step"], state["history"]
             train_seconds, cpu_seconds = state["train_seconds"], state.get("cpu_seconds", 0.0)
+            if self.rank == 0:
+                # log.jsonl may run past the checkpoint (a run killed after logging steps it never checkpointed):
+                # those steps are trained again, so the log restarts from the checkpoint's own history
+                atomic_write(self.out / "log.jsonl", lambda tmp: Path(tmp).write_text(
+                    "".join(json.dumps(entry) + "\n" for entry in self.history)))
         self.clock = TrainingClock(train_seconds, "wall")
         self.cpu_clock = TrainingClock(cpu_seconds, "cpu")
         self.ddp = nn.parallel.DistributedDataParallel(
@@ -470,7 +475,9 @@ class Session:
             print(f"{self.label} on {args.dataset}, {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M "
                   f"parameters, {self.world} process(es) on {self.device}, autocast {self.amp}, "
                   f"fd {self.fd.name if self.fd else 'off'}")
-        if self.step == 0:
+        evaluated = {h["eval"]["step"] for h in self.history if "eval" in h}
+        if self.step not in evaluated and (self.step % args.eval_every == 0 or self.step == args.steps):
+            # step 0, or a checkpoint whose evaluation never got logged (written before it, then killed)
             self.evaluate(samplers, extra_eval)
         bar = tqdm(total=args.steps, initial=self.step, disable=self.rank != 0 or args.no_progress, unit="step",
                    desc=self.label)
@@ -509,10 +516,12 @@ class Session:
                 # steps and hang. 0 go on, 1 out of --max-minutes, > 1 the number of the signal that asked to stop
                 out_of_time = args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes
                 halt = max_over_processes(stop.signum if stop.flag else 1 if out_of_time else 0, self.device)
-                if self.step % args.checkpoint_every == 0 or self.step == args.steps or halt:
-                    self.checkpoint()
+                # evaluation first: a checkpoint then holds its step's evaluation, and a run killed during the
+                # evaluation resumes from the previous checkpoint and evaluates again
                 if self.step % args.eval_every == 0 or self.step == args.steps:
                     self.evaluate(samplers, extra_eval)  # the clocks stand still meanwhile: per-step times exclude it
+                if self.step % args.checkpoint_every == 0 or self.step == args.steps or halt:
+                    self.checkpoint()
                 if halt:
                     break
         bar.close()

@@ -155,6 +155,14 @@ def test_no_speed_up_is_claimed_against_a_reference_that_got_worse():
     assert row["reference_improved"] is True and row["steps"] == pytest.approx(10 * 1 / 60)  # 100 -> 40 over 0..10
 
 
+def test_seeds_evaluated_at_different_steps_are_refused():
+    bench = load_script(BENCHMARKS / "convergence.py")
+    run = lambda steps: [{"step": s, "train_seconds": float(s), "1step": 1.0, "2step": 1.0} for s in steps]  # noqa: E731
+    assert bench.mean_curve([run((0, 10, 20)), run((0, 10, 20))], "1step")[0] == [0, 10, 20]
+    with pytest.raises(ValueError, match="delete the run folder"):
+        bench.mean_curve([run((0, 10, 20)), run((0, 20))], "1step")
+
+
 def _read_args(run: Path) -> dict:
     return json.loads((run / "args.json").read_text())
 
@@ -213,3 +221,6 @@ def test_distillation_smoke_in_two_shards(tmp_path):
     assert _read_args(work / "distill-smoke" / "cifar10-bs4-mfd-value-seed0")["direction"] == "raw"
     assert all(math.isfinite(e["1step"]) for runs in result["groups"][0]["runs"].values() for e in runs[0])
     assert json.loads(out.read_text())["config"]["mode"] == "distill"
+    table = out.with_suffix(".md").read_text()  # distillation has no ECT: the reference is named as what it is
+    assert "iterations to reach pseudo-Huber's final" in table and "pseudo-Huber c=0 " in table
+    assert "ECT" not in table

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mfd_loss import FeatureMapConfig, VGGFeatureMap, load_sample_images, save_feature_map
-from mfd_loss.checkpoint import load_checkpoint
+from mfd_loss.checkpoint import load_checkpoint, save_checkpoint
 from mfd_loss.perturbations import label_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -421,3 +421,60 @@ def test_signal_checkpoints_and_the_rerun_resumes_exactly(tmp_path, monkeypatch,
     assert a["step"] == b["step"] == 5
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+class _Killed(BaseException):
+    """A SIGKILL stand-in: nothing in the loop may catch it, and nothing runs after it."""
+
+
+def _log(run: Path) -> tuple[list[int], list[tuple[int, float]]]:
+    """Steps of the training lines, and (step, consistency gap) of the evaluations, of a run's log.jsonl."""
+    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return ([e["step"] for e in entries if "loss" in e],
+            [(e["eval"]["step"], e["eval"]["consistency_gap"]) for e in entries if "eval" in e])
+
+
+def _eval_args(out: Path, *extra: str) -> list[str]:
+    args = _args(out, "--loss", "pseudo-huber", "--checkpoint-every", "2", "--steps", "4", *extra)
+    args[args.index("--eval-every") + 1] = "2"
+    return args
+
+
+def test_a_run_killed_during_an_evaluation_resumes_to_the_log_of_a_straight_run(tmp_path, monkeypatch):
+    """Killed (no signal handler runs) in the evaluation of step 4, after logging steps 3 and 4 that no checkpoint
+    holds: the rerun trains them again and logs each step and each evaluation once, as a straight run does
+    (before, the log held steps 3 and 4 twice and the benchmark read a ragged curve)."""
+    example.main(example.parse_args(_eval_args(tmp_path / "straight")))
+    real_evaluate = _training.Session.evaluate
+
+    def killed_at_step_4(self, *a, **k):
+        if self.step == 4:
+            raise _Killed
+        return real_evaluate(self, *a, **k)
+
+    monkeypatch.setattr(_training.Session, "evaluate", killed_at_step_4)
+    with pytest.raises(_Killed):
+        example.main(example.parse_args(_eval_args(tmp_path / "killed")))
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 2  # evaluation comes before its checkpoint
+    assert _log(tmp_path / "killed")[0] == [1, 2, 3, 4]
+    monkeypatch.setattr(_training.Session, "evaluate", real_evaluate)
+    example.main(example.parse_args(_eval_args(tmp_path / "killed", "--resume")))
+    assert _log(tmp_path / "killed") == _log(tmp_path / "straight")
+    assert _log(tmp_path / "straight")[0] == [1, 2, 3, 4] and [s for s, _ in _log(tmp_path / "straight")[1]] == [0, 2, 4]
+
+
+def test_a_checkpoint_without_its_evaluation_is_evaluated_on_resume(tmp_path):
+    """A checkpoint of an evaluation step whose evaluation never got logged (mfd-loss before 0.2 checkpointed
+    first, then evaluated: killed in between, the resumed run skipped that evaluation and the benchmark's
+    seeds no longer shared their evaluation steps): the resumed run evaluates that step first."""
+    example.main(example.parse_args(_eval_args(tmp_path / "straight")))
+    run = tmp_path / "old"
+    example.main(example.parse_args(_eval_args(run, "--steps", "2")))
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["history"] = [h for h in state["history"] if h.get("eval", {}).get("step") != 2]
+    save_checkpoint(run / "checkpoint.pt", state)
+    lines = (run / "log.jsonl").read_text().splitlines(keepends=True)
+    (run / "log.jsonl").write_text("".join(line for line in lines if json.loads(line).get("eval", {}).get("step") != 2))
+    assert [s for s, _ in _log(run)[1]] == [0]  # as the killed run left it
+    example.main(example.parse_args(_eval_args(run, "--resume")))
+    assert _log(run) == _log(tmp_path / "straight")
