@@ -74,7 +74,7 @@ _TINY_UNET = ["--channels", "16", "--channel-mult", "1,2", "--num-blocks", "1", 
 _SMOKE_UNET = ["--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none"]
 _DDPMPP = ["--channels", "128", "--channel-mult", "2,2,2", "--num-blocks", "4", "--attention", "16"]
 _TUNE_LOSSES = "pseudo-huber,mfd,mfd-random,mfd-squared,lpips"
-_DISTILL_LOSSES = "mfd-value,mfd,pseudo-huber,l2,lpips"
+_DISTILL_LOSSES = "mfd-value,mfd,mfd-random,pseudo-huber,l2,lpips"
 
 # The denoisers that tuning and distillation start from (examples/train_diffusion_model.py arguments).
 DENOISERS: dict[str, dict[str, Any]] = {
@@ -142,7 +142,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # evaluations per step (+0.045 / +0.4 CPU-s at batch 16 / 128). One iteration of all runs: per seed
     # 2 x 0.145 + 2 x 0.18 (batch 16) + 2 x 1.32 + 2 x 1.51 (batch 128) = 6.3 CPU-s, x 2 seeds = 12.6 CPU-s;
     # 300 iterations = 3,800 CPU-s, evaluation 6 x 32 s x 16 runs = 3,100 CPU-s: ~6,900 CPU-s = 1.9 CPU-h,
-    # ~1 h on 2 cores. Adam at 4e-4 as Song et al. 2023's CIFAR-10 distillation (not RAdam: its first steps are
+    # ~1 h on 2 cores. Measured: the 16 runs without the random-init control took 83 min as two one-thread
+    # shards (batch-128 MFD steps ran at 2.5 s wall with both shards busy, 1.7x the estimate), its 4 runs 26 min
+    # more. Adam at 4e-4 as Song et al. 2023's CIFAR-10 distillation (not RAdam: its first steps are
     # un-normalised momentum steps, and the value losses - MFD as a value, L2 - have un-normalised gradients).
     "distill-cpu": {"mode": "distill", "denoiser": "cpu", "shared": "tuning-cpu", "datasets": "cifar10",
                     "batch_sizes": "16,128", "seeds": "0,1", "steps": 300, "eval_every": 60, "fd_samples": 5000,

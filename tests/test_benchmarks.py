@@ -112,8 +112,9 @@ def test_readme_tables_are_the_measured_ones():
     update = load_script(BENCHMARKS / "update_readme.py")
     readme = (BENCHMARKS / "README.md").read_text()
     names = [m["name"] for m in update.BLOCK.finditer(readme)]
-    assert names == ["cost-cpu.md", "tangent-alignment-cpu.md", "convergence-cpu.md", "convergence-tune-cpu.md"], \
-        "the README should carry the cost, tangent-alignment, convergence and tuning tables"
+    assert names == ["cost-cpu.md", "tangent-alignment-cpu.md", "convergence-cpu.md", "convergence-tune-cpu.md",
+                     "convergence-distill-cpu.md"], \
+        "the README should carry the cost, tangent-alignment, convergence, tuning and distillation tables"
     assert update.render(readme) == readme, "README tables differ from benchmarks/results/*.md: run update_readme.py"
 
 
