@@ -417,7 +417,7 @@ def _ratio(r: dict[str, float | None] | None, steps: int, reference: str = "ECT"
 
 def report(result: dict) -> str:
     losses, steps = result["losses_run"], result["config"]["steps"]
-    mode = result["config"].get("mode", "scratch")
+    mode = result["config"]["mode"]
     ref = reference_name(mode)
     # one header for several data sets: FD_cnn-cifar10 and FD_cnn-mnist are each data set's own classifier
     metrics = sorted({g["metric"] for g in result["groups"]})
@@ -460,7 +460,7 @@ def report(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     plt = pyplot()
-    groups, mode = result["groups"], result["config"].get("mode", "scratch")
+    groups, mode = result["groups"], result["config"]["mode"]
     fig, axes = plt.subplots(2, len(groups), figsize=(4.2 * len(groups), 7), squeeze=False)
     for col, group in enumerate(groups):
         for row, x_key in enumerate(("step", "train_seconds")):
@@ -486,7 +486,7 @@ def plot(result: dict, path: Path) -> None:
 def plot_samples(result: dict, stem: Path) -> list[str]:
     """One PNG per (data set, batch): the teacher's Heun grid (if any) and each loss's final 1-step grid (seed 0)."""
     plt = pyplot()
-    written, mode = [], result["config"].get("mode", "scratch")
+    written, mode = [], result["config"]["mode"]
     for group in result["groups"]:
         panels = []
         teacher = result.get("denoisers", {}).get(group["dataset"])
