@@ -65,6 +65,8 @@ _RECIPE_OPTIONS = {
     "steps": ("--steps", int, "optimiser steps (may be raised when resuming)"),
     "batch_size": ("--batch-size", int, "images per step, over all processes"),
     "lr": ("--lr", float, "RAdam learning rate"),
+    "lr_decay_fraction": ("--lr-decay-fraction", float, "share of --steps at the end over which the learning rate "
+                                                         "falls to 0 along a half cosine (0: constant)"),
     "p_max": ("--p-max", float, "final per-op perturbation probability"),
     "ramp_fraction": ("--ramp-fraction", float, "share of --steps over which p rises linearly from 0 to --p-max"),
     "ramp_steps": ("--ramp-steps", int, "an absolute ramp length in steps instead of --ramp-fraction"),
@@ -129,7 +131,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--layout", choices=["auto", "nchw", "nhwc"], default="auto", help="axis order of array files")
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     groups = {"feature map": ("arch", "width", "spec"),
-              "recipe": ("steps", "batch_size", "lr", "p_max", "ramp_fraction", "ramp_steps", "seed", "precision",
+              "recipe": ("steps", "batch_size", "lr", "lr_decay_fraction", "p_max", "ramp_fraction", "ramp_steps", "seed", "precision",
                          "eval_every", "eval_size", "eval_fraction", "checkpoint_every")}
     for title, fields in groups.items():
         group = p.add_argument_group(title)

@@ -329,7 +329,7 @@ def test_translation_shifts_content_by_w_times_eighth_of_size(images, axis):
     assert interior_error(out, torch.roll(x, -2, dim), 4) < 0.3 * interior_error(out, torch.roll(x, 2, dim), 4)
 
 
-def test_rotation_by_quarter_turn_matches_rot90(images):
+def test_rotation_by_quarter_turn_turns_the_way_rot90_does(images):
     x = images[:8]
     out = apply_geometric(x, geo(8, theta=math.pi / 2))
     # the authors' sign (METHOD.md Sec. 3): +pi/2 is torch.rot90(x, k=1, dims=(-2, -1)), counter-clockwise
@@ -634,6 +634,35 @@ def test_resampling_filter_is_an_orthogonal_wavelet_and_up_down_is_identity(imag
     torch.testing.assert_close(downsample2x(up), x, rtol=0, atol=1e-5)
 
 
+def test_resampling_filter_has_the_authors_orientation():
+    from mfd_loss.perturbations.resampling import filter_delay, symlet_lowpass
+    # METHOD.md Sec. 3: the symlet-6 low-pass in the orientation whose first taps are these (the time reverse,
+    # used by pipeline 2, is also exact at the identity but mirrors every warp through a 180-degree turn)
+    first = symlet_lowpass()[:6]
+    want = (0.01540, 0.00349, -0.11799, -0.04831, 0.49105, 0.78764)
+    assert all(abs(a - b) < 1e-5 for a, b in zip(first, want)), first
+    assert filter_delay() == 5.0
+
+
+@pytest.mark.parametrize("scale_w, theta", [(2.0, 0.0), (0.0, 0.5), (1.0, 0.3)])
+def test_warp_of_a_centred_point_lands_where_the_authors_filter_puts_it(scale_w, theta):
+    # A 2x2 block at the centre of a 32x32 image is symmetric under a 180-degree turn, so the two filter
+    # orientations give outputs that are 180-degree turns of each other: the sub-pixel centroid offset of a
+    # zoomed or rotated block flips sign. With the authors' orientation it lies down-right of the centre
+    # (+0.014 px both ways for a 1.32x zoom); with the reversed filter up-left.
+    from mfd_loss.perturbations.geometric import content_matrix, warp
+
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 15:17, 15:17] = 1.0
+    params = GeometricParams(torch.tensor([scale_w]), torch.tensor([theta]), torch.zeros(1), torch.zeros(1),
+                             torch.zeros(1, 2), torch.ones(1, dtype=torch.bool))
+    y = warp(x, content_matrix(params, 32, 32))[0, 0].double()
+    rows, cols = torch.meshgrid(torch.arange(32.0, dtype=torch.float64), torch.arange(32.0, dtype=torch.float64),
+                                indexing="ij")
+    dx = ((y * cols).sum() / y.sum() - 15.5).item()
+    assert dx > 0.01, dx
+
+
 def test_reflect_pad_beyond_the_image_size_continues_the_mirror():
     from mfd_loss.perturbations.resampling import reflect_pad
     x = torch.arange(5.0).expand(1, 1, 5, 5)
@@ -646,13 +675,13 @@ def test_label_spec_records_its_pipeline_version_and_old_files_are_version_1():
     from mfd_loss.perturbations import PIPELINE_VERSION
 
     spec = label_spec("all")
-    assert spec.pipeline == PIPELINE_VERSION == 2
+    assert spec.pipeline == PIPELINE_VERSION == 3
     data = json.loads(json.dumps(spec.to_dict()))
-    assert data["pipeline"] == 2 and LabelSpec.from_dict(data) == spec
+    assert data["pipeline"] == 3 and LabelSpec.from_dict(data) == spec
     old = {k: v for k, v in data.items() if k != "pipeline"}  # a config.json of mfd-loss 0.1
     assert LabelSpec.from_dict(old).pipeline == 1 and LabelSpec.from_dict(old) != spec
     # the pipeline produces only the current conventions: labels of another version are refused
-    with pytest.raises(ValueError, match=r"pipeline 1, but this mfd-loss implements pipeline 2"):
+    with pytest.raises(ValueError, match=r"pipeline 1, but this mfd-loss implements pipeline 3"):
         Perturbations(LabelSpec.from_dict(old))
 
 

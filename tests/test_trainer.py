@@ -127,10 +127,10 @@ def test_resume_across_perturbation_pipeline_versions_is_refused(tmp_path, sampl
 
     run(sample_uint8, tmp_path, 2)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["label_spec"]["pipeline"] == 2
+    assert state["label_spec"]["pipeline"] == 3
     del state["label_spec"]["pipeline"]  # as written by mfd-loss 0.1: pipeline 1
     save_checkpoint(tmp_path / "checkpoint.pt", state)
-    with pytest.raises(ValueError, match=r"perturbation pipeline 1 .* implements pipeline 2"):
+    with pytest.raises(ValueError, match=r"perturbation pipeline 1 .* implements pipeline 3"):
         run(sample_uint8, tmp_path, 4)
 
 
@@ -230,6 +230,37 @@ def test_evaluation_with_a_one_image_remainder_and_mixup_on():
 
 
 # ------------------------------------------------------------------------------------------ ramp and held-out R^2
+
+
+def test_learning_rate_is_constant_then_falls_to_zero_along_a_half_cosine():
+    constant = TrainConfig(steps=100, lr=1e-3)
+    assert {constant.learning_rate(s) for s in range(100)} == {1e-3}
+    decayed = TrainConfig(steps=100, lr=1e-3, lr_decay_fraction=0.4)  # decays over steps 60..99
+    assert decayed.learning_rate(59) == 1e-3 and decayed.learning_rate(60) == 1e-3
+    assert math.isclose(decayed.learning_rate(80), 0.5e-3)  # halfway down the cosine
+    assert math.isclose(decayed.learning_rate(70), 0.5e-3 * (1 + math.cos(math.pi / 4)))
+    assert 0 < decayed.learning_rate(99) < 2e-6
+    with pytest.raises(ValueError, match="lr_decay_fraction"):
+        TrainConfig(lr_decay_fraction=1.5)
+
+
+def test_the_optimiser_steps_with_the_scheduled_learning_rate(tmp_path, sample_uint8):
+    # with the whole run decaying, the last step's rate is far below lr: the saved optimiser state says so
+    run(sample_uint8, tmp_path, 4, lr_decay_fraction=1.0)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    want = TrainConfig(steps=4, **RESUME, lr_decay_fraction=1.0).learning_rate(3)
+    assert want < 0.2 * RESUME["lr"]
+    assert state["optimizer"]["param_groups"][0]["lr"] == want
+
+
+def test_a_run_stopped_inside_the_learning_rate_decay_resumes_bit_exact(tmp_path, sample_uint8):
+    straight, _ = run(sample_uint8, tmp_path / "a", 6, lr_decay_fraction=1.0)
+    config = TrainConfig(steps=6, **RESUME, lr_decay_fraction=1.0)
+    _, stopped = train_feature_map(sample_uint8, tmp_path / "b", config=config, architecture=TINY, progress=False,
+                                   max_minutes=0.0)  # stops after its first step, inside the decay
+    assert stopped["step"] == 1 and not stopped["finished"]
+    resumed, summary = run(sample_uint8, tmp_path / "b", 6, lr_decay_fraction=1.0)
+    assert summary["step"] == 6 and state_equal(straight.state_dict(), resumed.state_dict())
 
 
 def test_ramp_is_a_fraction_of_the_run():

@@ -34,7 +34,8 @@ class GeometricParams:
     Attributes:
         scale_w: (N,) isotropic scale exponent w; factor 2^(0.2 w).
         theta: (N,) rotation angle in radians; positive turns the content counter-clockwise on screen
-            (the authors' sign), so theta = pi/2 matches ``torch.rot90(x, 1, (-2, -1))``.
+            (the authors' sign): theta = pi/2 turns it the way ``torch.rot90(x, 1, (-2, -1))`` does, though
+            not pixel for pixel (the anti-aliased resampler low-passes a quarter turn).
         aniso_w: (N,) anisotropic scale exponent; factors (2^(0.2 w), 2^(-0.2 w)).
         aniso_r: (N,) angle in radians of the anisotropic scaling axes, fixed in the output frame (same sign
             as ``theta``).
@@ -96,7 +97,7 @@ def sample_geometric(n: int, *, p: Mapping[str, float], generator: torch.Generat
 
 def _rotation(angle: Tensor) -> Tensor:
     """(N, 2, 2) rotation in pixel coordinates (x right, y down) with the authors' sign: positive angles
-    turn the content counter-clockwise on screen, so pi/2 is ``torch.rot90(x, 1, (-2, -1))``."""
+    turn the content counter-clockwise on screen, the way ``torch.rot90(x, 1, (-2, -1))`` does."""
     c, s = torch.cos(angle), torch.sin(angle)
     return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)
 

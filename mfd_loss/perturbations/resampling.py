@@ -39,7 +39,12 @@ def symlet_lowpass(order: int = SYMLET_ORDER) -> tuple[float, ...]:
     """Low-pass filter of the least-asymmetric orthogonal Daubechies wavelet with ``order`` vanishing moments.
 
     Returns:
-        2 * order coefficients h with sum(h) = sqrt(2) and sum(h[n] h[n + 2k]) = delta_k.
+        2 * order coefficients h with sum(h) = sqrt(2) and sum(h[n] h[n + 2k]) = delta_k, in the orientation
+        whose energy comes first (the smaller group delay). For order 6 that is the authors' orientation,
+        first taps (0.01540, 0.00349, -0.11799, -0.04831, 0.49105, 0.78764, ...) (METHOD.md Sec. 3; the
+        ``dec_lo`` of PyWavelets' ``sym6``). Its time reverse is exact at the identity too, but turns every
+        scale, rotation and stretch into the authors' warp conjugated by a 180-degree turn of the image
+        (perturbation pipeline 2 used it).
 
     Raises:
         ValueError: order < 1.
@@ -70,6 +75,10 @@ def symlet_lowpass(order: int = SYMLET_ORDER) -> tuple[float, ...]:
         err = float(np.abs(phase - np.polyval(slope, omega)).max())
         if err < best_err - 1e-12:
             best, best_err = h, err
+    # a filter and its time reverse are equally linear in phase; keep the one whose energy comes first
+    centre = lambda taps: float(np.sum(np.arange(taps.size) * taps**2))  # noqa: E731
+    if centre(best[::-1]) < centre(best):
+        best = best[::-1]
     return tuple(float(v) for v in best)
 
 

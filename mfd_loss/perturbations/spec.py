@@ -18,9 +18,12 @@ _INF = math.inf
 #: Version of the perturbation conventions this package implements (METHOD.md Sec. 3). 1: mfd-loss 0.1
 #: (bicubic resampling that blurred at the identity, edge-repeating padding, contrast about the image mean,
 #: rotation sign reversed, aniso stretch before rotation, mixup with the partner's clean image); 2: the authors'
-#: conventions, since mfd-loss 0.2. A map's labels mean what its pipeline version says, so the version travels in
-#: every label spec (``config.json``, checkpoints); files without one are version 1.
-PIPELINE_VERSION = 2
+#: conventions, since mfd-loss 0.2, except the resampling filter, which was the time reverse of theirs (every
+#: scale, rotation and stretch came out as their warp conjugated by a 180-degree turn); 3: the authors' filter
+#: orientation too, since mfd-loss 0.3. A map's labels mean what its pipeline version says, so the version travels
+#: in every label spec (``config.json``, checkpoints); files without one are version 1. A map trained on an older
+#: pipeline still serves as a loss; only training and resuming need the current one.
+PIPELINE_VERSION = 3
 
 
 @dataclass(frozen=True)
