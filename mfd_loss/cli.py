@@ -115,11 +115,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                    help="named values of the 'feature map' and 'recipe' options (listed at the end)")
     data = p.add_argument_group("data")
-    data.add_argument("--data", required=True, help="cifar10 | mnist (the project's archives, else torchvision's "
-                                                    "download) | torchvision:NAME | a folder of images | a .npy/.npz "
-                                                    "file of images")
+    data.add_argument("--data", required=True, help="cifar10 | mnist | tinyimagenet (the project's archives; "
+                                                    "cifar10/mnist else torchvision's download) | torchvision:NAME | "
+                                                    "a folder of images | a .npy/.npz file of images")
     data.add_argument("--eval-data", default=None, help="held-out images (same forms); default: the test split of "
-                                                        "cifar10/mnist, else --eval-fraction of --data")
+                                                        "cifar10/mnist/tinyimagenet (its val images), else "
+                                                        "--eval-fraction of --data")
     data.add_argument("--data-dir", default=None, help="where cifar10/mnist archives or torchvision data sets live")
     data.add_argument("--download", action="store_true", help="let torchvision:NAME download its data set (needs "
                                                               "internet; cifar10/mnist download when needed)")
@@ -177,7 +178,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from .trainer import train_feature_map
 
     config, architecture = train_settings(args)
-    eval_data = args.eval_data or (args.data if args.data in ("cifar10", "mnist") else None)
+    from .datasets import ARCHIVES
+
+    eval_data = args.eval_data or (args.data if args.data in ARCHIVES else None)
     dataset = {"name": args.data, "split": "train",
                "eval": eval_data or f"{config.eval_fraction:.0%} of --data held out"}
     source_kwargs = {"root": args.data_dir, "download": args.download, "channels": args.channels,

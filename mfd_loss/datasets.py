@@ -1,4 +1,5 @@
-"""Image data for training and testing feature maps: CIFAR-10 / MNIST archives and the packaged samples.
+"""Image data for training and testing feature maps: CIFAR-10 / MNIST / Tiny ImageNet archives and the packaged
+samples.
 
 Images are returned as uint8 tensors (N, C, H, W) in [0, 255]; :func:`to_model_range` maps them to the
 [-1, 1] range every feature map and the distance take. This module imports nothing else of the package;
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["find_data_dir", "load_cifar10", "load_mnist", "load_sample_images", "to_model_range", "SAMPLE_SETS"]
+__all__ = ["find_data_dir", "load_cifar10", "load_mnist", "load_tinyimagenet", "load_sample_images", "to_model_range",
+           "SAMPLE_SETS", "ARCHIVES"]
 
 SAMPLE_SETS = {"cifar10": "cifar10_test_sample.npz", "mnist": "mnist_test_sample.npz"}
 
@@ -91,6 +93,38 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None) 
         images = torch.from_numpy(z[f"x_{split}"])[:, None]
         labels = torch.from_numpy(z[f"y_{split}"].astype(np.int64))
     return images, labels
+
+
+def load_tinyimagenet(split: str = "train", data_dir: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:
+    """Tiny ImageNet-200 from the project's JPEG archives: 64x64 ImageNet photos of 200 classes.
+
+    ImageNet images are for non-commercial research only (the archive's README states the terms): ship maps
+    trained on them, never the images.
+
+    Args:
+        split: ``"train"`` (100,000 images, 500 per class) or ``"test"`` (the 10,000 labelled val images, 50 per
+            class; Tiny ImageNet's own test split has no labels).
+        data_dir: folder holding ``tinyimagenet/tinyimagenet_{train,val}_jpeg.npz`` (see :func:`find_data_dir`).
+
+    Returns:
+        images (N, 3, 64, 64) uint8 (grayscale JPEGs converted to RGB) and labels (N,) int64 in [0, 200).
+
+    Raises:
+        ValueError: unknown split. FileNotFoundError: the archive is missing.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = find_data_dir(data_dir) / "tinyimagenet" / f"tinyimagenet_{'train' if split == 'train' else 'val'}_jpeg.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"Tiny ImageNet archive not found at {path}")
+    with np.load(path, allow_pickle=False) as z:
+        images = _decode_jpegs(z["jpeg_data"], z["jpeg_offsets"])
+        labels = torch.from_numpy(z["labels"].astype(np.int64))
+    return images, labels
+
+
+#: The project's named archives (``--data NAME``): name -> loader(split, data_dir) -> (images uint8, labels).
+ARCHIVES = {"cifar10": load_cifar10, "mnist": load_mnist, "tinyimagenet": load_tinyimagenet}
 
 
 def load_sample_images(name: str = "cifar10") -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .datasets import load_cifar10, load_mnist, to_model_range
+from .datasets import ARCHIVES, to_model_range
 
 __all__ = [
     "ImageTensorDataset", "ImageFolderDataset", "load_array", "open_image_source",
@@ -149,8 +149,9 @@ def open_image_source(
 
     Args:
         source: one of
-            - ``"cifar10"`` / ``"mnist"``: the project's archives (see :mod:`mfd_loss.datasets`); without them,
-              torchvision's copy under ``root`` (default :func:`default_download_dir`), downloaded when absent;
+            - ``"cifar10"`` / ``"mnist"`` / ``"tinyimagenet"``: the project's archives (see
+              :mod:`mfd_loss.datasets`); without them, torchvision's copy of CIFAR-10 / MNIST under ``root``
+              (default :func:`default_download_dir`), downloaded when absent;
             - ``"torchvision:NAME"`` (e.g. ``"torchvision:CIFAR100"``, ``"torchvision:FashionMNIST"``): a
               torchvision data set class, stored under ``root`` (downloaded there when ``download=True``
               on a machine with internet);
@@ -175,11 +176,14 @@ def open_image_source(
     if isinstance(source, Tensor):
         return ImageTensorDataset(source)
     text = str(source)
-    if text in ("cifar10", "mnist"):
+    if text in ARCHIVES:
         try:
-            images, _ = {"cifar10": load_cifar10, "mnist": load_mnist}[text](split, root)
-            origin = "the project archive" + (" (JPEG-decoded pixels)" if text == "cifar10" else "")
+            images, _ = ARCHIVES[text](split, root)
+            origin = "the project archive" + (" (JPEG-decoded pixels)" if text != "mnist" else "")
         except FileNotFoundError as err:
+            if text not in _TORCHVISION_NAMES:
+                raise FileNotFoundError(f"{err}; Tiny ImageNet has no torchvision copy: pass --data-dir (root=) "
+                                        "to the folder that holds tinyimagenet/, or set MFD_DATA_DIR") from None
             images = _torchvision_copy(text, split, root, reason=str(err))
             origin = f"torchvision's {_TORCHVISION_NAMES[text]} (lossless pixels)"
         return ImageTensorDataset(images, description=f"{text} {split}, {origin}")
@@ -205,7 +209,8 @@ def open_image_source(
         return ImageTensorDataset(load_array(path, key=key, layout=layout))
     if path.exists():
         raise ValueError(f"cannot read images from {path}: expected a folder of images or a .npy/.npz file")
-    raise FileNotFoundError(f"no data at {path}; pass 'cifar10', 'mnist', 'torchvision:NAME', a folder or an array file")
+    raise FileNotFoundError(f"no data at {path}; pass {', '.join(map(repr, ARCHIVES))}, 'torchvision:NAME', a folder "
+                            "or an array file")
 
 
 _TORCHVISION_NAMES = {"cifar10": "CIFAR10", "mnist": "MNIST"}

@@ -236,3 +236,27 @@ def test_imports_flow_one_way_from_image_sources_to_datasets():
     assert package_imports(mfd_loss.datasets) == set()
     assert "datasets" in package_imports(mfd_loss.image_sources)
     assert mfd_loss.image_sources.to_model_range is mfd_loss.datasets.to_model_range
+
+
+def test_tinyimagenet_archive_serves_64px_photos_with_labels():
+    from mfd_loss.datasets import find_data_dir, load_tinyimagenet
+
+    try:
+        val = find_data_dir() / "tinyimagenet" / "tinyimagenet_val_jpeg.npz"
+    except FileNotFoundError:
+        val = None
+    if val is None or not val.is_file():
+        pytest.skip("the Tiny ImageNet archive (../shared/data/tinyimagenet or $MFD_DATA_DIR) is absent")
+    images, labels = load_tinyimagenet("test")
+    assert images.shape == (10_000, 3, 64, 64) and images.dtype == torch.uint8
+    assert labels.shape == (10_000,) and int(labels.min()) == 0 and int(labels.max()) == 199
+    assert torch.bincount(labels).tolist() == [50] * 200  # 50 val images per class
+    assert 90 < images.float().mean() < 140 and images.float().std() > 40  # photos, not blank or noise
+    ds = open_image_source("tinyimagenet", split="test")
+    assert len(ds) == 10_000 and torch.equal(ds[5], images[5]) and "tinyimagenet test" in ds.description
+
+
+def test_tinyimagenet_missing_archive_says_where_to_point(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFD_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no torchvision copy.*--data-dir"):
+        open_image_source("tinyimagenet", root=tmp_path)
