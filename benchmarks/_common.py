@@ -130,3 +130,17 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def map_record(pretrained: str | os.PathLike) -> dict[str, str]:
+    """``{"name", "sha256"}`` of a feature map given by name, Hub id or folder: the SHA-256 of the
+    ``model.safetensors`` a result was measured with (every results JSON names its maps this way)."""
+    from mfd_loss.pretrained import resolve_pretrained
+    from mfd_loss.serialization import WEIGHTS_NAME, sha256_file
+
+    found = resolve_pretrained(pretrained)
+    path = found.path / WEIGHTS_NAME if found.path.is_dir() else found.path
+    name = str(pretrained)
+    if Path(name).exists():  # a local folder: record it relative to the repository, never an absolute path
+        name = Path(name).resolve().name
+    return {"name": name, "sha256": found.expected_sha256 or sha256_file(path)}

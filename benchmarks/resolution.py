@@ -17,11 +17,17 @@ update g; METHOD.md Sec. 8):
   L2's fraction is 0.5 by construction;
 * losses: pixel L2; the shipped ``cifar10`` map under each mode; a randomly initialised map of the same
   architecture under each mode (the control: an untrained network already lowers f); and, for reference, the
-  shipped map at its native 32 px on the 64 CIFAR-10 test images bundled with mfd-loss.
+  shipped map at its native 32 px on the 64 CIFAR-10 test images bundled with mfd-loss;
+* ``--native-map LABEL=MAP`` (repeatable): a map trained at a larger size (e.g. ``tinyimagenet`` at 64 px),
+  measured at its own resolution beside a random-init map of its architecture, in the same run;
+* ``--targets tinyimagenet``: Tiny ImageNet-200 val photos (64x64, upsampled for larger R) instead of the
+  scikit-image crops. The result JSON names every map with the SHA-256 of its weights.
 
 Lower is better (less of the update runs along the manifold). Rerun (CPU, about 2 minutes on one thread):
 
     OMP_NUM_THREADS=1 python benchmarks/resolution.py
+    OMP_NUM_THREADS=1 python benchmarks/resolution.py --targets tinyimagenet --resolutions 64 \
+        --native-map tinyimagenet=tinyimagenet --out benchmarks/results/resolution-64px-cpu.json
 
 Writes benchmarks/results/resolution-<device>.{json,md}. Needs scikit-image (``pip install scikit-image``).
 """
@@ -40,11 +46,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, environment, markdown_table, resolve_device, write_json  # noqa: E402
+from _common import RESULTS, environment, map_record, markdown_table, resolve_device, write_json  # noqa: E402
 
 from mfd_loss import MFD, load_sample_images  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
-from mfd_loss.datasets import to_model_range  # noqa: E402
+from mfd_loss.datasets import load_tinyimagenet, to_model_range  # noqa: E402
 from mfd_loss.diagnostics import (  # noqa: E402
     controlled_displacement, nuisance_tangents, random_init_like, tangent_alignment)
 
@@ -62,11 +68,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise-levels", default=",".join(map(str, NOISE_LEVELS)), help="ECT noise levels t")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--targets", choices=["photos", "tinyimagenet"], default="photos",
+                   help="crops of scikit-image's photographs, or Tiny ImageNet val images (needs the data folder)")
+    p.add_argument("--native-map", action="append", default=[], metavar="LABEL=MAP",
+                   help="a map (name, Hub id or folder) measured at its own resolution with its random-init control")
     p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/resolution-<device>.json)")
     p.add_argument("--smoke", action="store_true", help="seconds-long run of every code path (CI)")
     args = p.parse_args(argv)
     args.resolutions = tuple(int(v) for v in args.resolutions.split(","))
     args.noise_levels = tuple(float(v) for v in args.noise_levels.split(","))
+    args.native_maps = dict(item.split("=", 1) for item in args.native_map)
+    if any("=" not in item for item in args.native_map):
+        p.error("--native-map takes LABEL=MAP, e.g. tinyimagenet=tinyimagenet")
     if args.smoke:
         args.crops, args.resolutions, args.noise_levels = 2, (64,), (5.0,)
     return args
@@ -101,6 +114,17 @@ def random_crops(photos: list[Tensor], n: int, size: int, generator: torch.Gener
     return torch.cat(crops).clamp(-1, 1)
 
 
+def tinyimagenet_targets(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """(n, 3, size, size) float Tiny ImageNet val images in [-1, 1], a random subset, resized (bilinear) when
+    size differs from their 64 px."""
+    images, _ = load_tinyimagenet("test")
+    chosen = images[torch.randperm(images.shape[0], generator=generator)[:n]]
+    x = to_model_range(chosen)
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(-1, 1)
+
+
 def pixel_l2(x: Tensor, y: Tensor) -> Tensor:
     return (x - y).flatten(1).pow(2).sum(1)
 
@@ -121,6 +145,7 @@ def measure(args: argparse.Namespace) -> dict:
     device = args.device_obj
     shipped = MFD("cifar10").to(device)
     random_init = random_init_like(shipped, args.seed)
+    native = {label: MFD(spec).to(device) for label, spec in args.native_maps.items()}
     rms = {t: float(torch.tensor([t], dtype=torch.float64) - r_from_t(torch.tensor([t], dtype=torch.float64)))
            for t in args.noise_levels}
     photos, gen = photographs(), torch.Generator().manual_seed(args.seed)
@@ -138,7 +163,10 @@ def measure(args: argparse.Namespace) -> dict:
         record("MFD cifar10 (native 32 px, CIFAR-10 sample)", column, shipped, sample, tangents, t)
         record("MFD random init (native 32 px, CIFAR-10 sample)", column, random_init, sample, tangents, t)
     for size in args.resolutions:
-        targets = random_crops(photos, args.crops, size, gen).to(device)
+        if args.targets == "tinyimagenet":
+            targets = tinyimagenet_targets(args.crops, size, gen).to(device)
+        else:
+            targets = random_crops(photos, args.crops, size, gen).to(device)
         tangents = nuisance_tangents(targets)
         for t in args.noise_levels:
             column = f"{size} px, t = {t:g}"
@@ -147,6 +175,11 @@ def measure(args: argparse.Namespace) -> dict:
                 for label, base in (("cifar10", shipped), ("random init", random_init)):
                     loss = MFD(pretrained=None, feature_map=base.feature_map, resize=mode)
                     record(f"MFD {label}, resize={mode!r}", column, loss, targets, tangents, t)
+            for label, loss in native.items():
+                if tuple(loss.feature_map.config.resolution) == (size, size):
+                    record(f"MFD {label} (native {size} px)", column, loss, targets, tangents, t)
+                    record(f"MFD {label} random init (native {size} px)", column,
+                           random_init_like(loss, args.seed), targets, tangents, t)
     columns = [f"{r} px, t = {t:g}" for r in (32, *args.resolutions) for t in args.noise_levels]
     return {"columns": columns, "fractions": rows, "native_images": int(sample.shape[0]),
             "displacement_rms": {f"t = {t:g}": round(v, 6) for t, v in rms.items()}}
@@ -168,11 +201,18 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
     result = {"environment": environment(args.device_obj, torch.float32),
               "config": {k: v for k, v in vars(args).items() if k != "device_obj"},
-              "photos": [f"skimage.data.{p}" for p in PHOTOS], **measure(args)}
+              "targets": ("Tiny ImageNet-200 val" if args.targets == "tinyimagenet"
+                          else [f"skimage.data.{p}" for p in PHOTOS]),
+              "maps": {"cifar10": map_record("cifar10"),
+                       **{label: map_record(spec) for label, spec in args.native_maps.items()}},
+              **measure(args)}
     result["seconds"] = round(time.monotonic() - started, 1)
     write_json(out, result)
+    maps = ", ".join(f"{label} (SHA-256 {record['sha256'][:12]}...)" for label, record in result["maps"].items())
     text = (f"Parallel energy fraction of the update (mean ± s.e. over {args.crops} crops per size; lower = less "
-            f"along the manifold; pixel L2 = 0.5 by construction). Crops of scikit-image photographs; 32 px "
+            f"along the manifold; pixel L2 = 0.5 by construction). "
+            f"{'Tiny ImageNet val images' if args.targets == 'tinyimagenet' else 'Crops of scikit-image photographs'}; "
+            f"maps: {maps}; 32 px "
             f"columns: the first {result['native_images']} CIFAR-10 sample images at the map's own size. "
             f"{args.device_obj}, seed {args.seed}, {result['seconds']} s.\n\n{table(result)}\n")
     out.with_suffix(".md").write_text(text)

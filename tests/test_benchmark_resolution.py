@@ -42,3 +42,25 @@ def test_crops_are_in_range_and_sized(resolution):
     crops = resolution.random_crops(photos, 3, 64, torch.Generator().manual_seed(0))
     assert crops.shape == (3, 3, 64, 64) and crops.min() >= -1 and crops.max() <= 1
     assert crops.std() > 0.05  # real image content, not a constant
+
+
+def test_a_native_64px_map_is_measured_beside_its_random_init_and_named_by_hash(resolution, tmp_path):
+    import torch
+
+    from mfd_loss import FeatureMapConfig, build_feature_map, label_spec, save_feature_map
+    from mfd_loss.serialization import sha256_file
+
+    torch.manual_seed(123)  # other weights than the control, which random_init_like draws with seed 0
+    fmap = build_feature_map(FeatureMapConfig(arch="vgg11", width=0.125, num_labels=15, resolution=(64, 64)))
+    folder = save_feature_map(fmap, tmp_path / "map64", label_spec=label_spec("all"))
+    out = tmp_path / "resolution.json"
+    resolution.main(["--smoke", "--device", "cpu", "--threads", "1", "--out", str(out),
+                     "--native-map", f"tiny64={folder}"])
+    saved = json.loads(out.read_text())
+    rows = saved["fractions"]
+    for name in ("MFD tiny64 (native 64 px)", "MFD tiny64 random init (native 64 px)"):
+        assert set(rows[name]) == {"64 px, t = 5"} and 0.0 <= rows[name]["64 px, t = 5"]["mean"] <= 1.0
+    assert rows["MFD tiny64 (native 64 px)"] != rows["MFD tiny64 random init (native 64 px)"]
+    assert saved["maps"]["tiny64"] == {"name": "map64", "sha256": sha256_file(folder / "model.safetensors")}
+    assert len(saved["maps"]["cifar10"]["sha256"]) == 64
+    assert str(tmp_path) not in json.dumps(saved["maps"])  # no absolute path in the record
