@@ -112,7 +112,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 def lpips_with_weights(net: str = "vgg"):
     """``(LPIPSDistance, label)`` with the backbone's ImageNet weights if they are cached (never downloads), else
     ``(None, reason)``: the first line of the error, which says where to put the weights."""
-    from mfd_loss.objectives import LPIPSDistance
+    from mfd_loss.consistency import LPIPSDistance
 
     try:
         return LPIPSDistance(net, pretrained_backbone=True, allow_download=False), f"LPIPS-{net.upper()} (ImageNet weights)"

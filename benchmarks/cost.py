@@ -9,7 +9,7 @@ Cases, all measured in one run, side by side, on the same seeded random inputs i
   the cost of the value checks (``value_check_cost_pct`` in the summary).
 * ``floor-cifar10`` / ``floor-mnist``: what no feature-space loss can beat, the map's forward on the target
   (no grad), its forward on the prediction and one backward to the input; MFD's overhead = t_MFD / t_floor - 1.
-* ``ayt-cifar10``: AYT's tangent loss (``mfd_loss.objectives.tangent_loss``) with MFD (cifar10) as distance.
+* ``ayt-cifar10``: AYT's tangent loss (``mfd_loss.consistency.tangent_loss``) with MFD (cifar10) as distance.
 * ``lpips-vgg`` / ``lpips-alex``: LPIPS at the images' size; ``lpips-vgg@224`` / ``lpips-alex@224``: both
   images bilinearly upsampled to 224x224 first, inside the timed region (as openai/consistency_models does).
   Without the ImageNet backbone weights a random backbone is used (same compute); the JSON says which.
@@ -130,7 +130,7 @@ def build_mfd(name: str, size: int, seed: int, notes: list[str], validate_args: 
 
 def build_lpips(net: str, notes: list[str]):
     """LPIPS with the ImageNet backbone when cached, else a random backbone (noted)."""
-    from mfd_loss.objectives import LPIPSDistance
+    from mfd_loss.consistency import LPIPSDistance
 
     model, _ = lpips_with_weights(net)
     if model is not None:
@@ -142,7 +142,7 @@ def build_lpips(net: str, notes: list[str]):
 
 def build_case(case: str, size: int, seed: int, device: torch.device) -> tuple[Loss, list[str]]:
     """A callable (prediction, target) -> scalar loss for ``case`` at input size ``size``, and notes on it."""
-    from mfd_loss.objectives import pseudo_huber, squared_l2, tangent_loss
+    from mfd_loss.consistency import pseudo_huber, squared_l2, tangent_loss
 
     notes: list[str] = []
     kind, _, rest = case.partition("-")

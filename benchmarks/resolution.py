@@ -44,7 +44,7 @@ from _common import RESULTS, environment, markdown_table, resolve_device, write_
 
 from mfd_loss import MFD, load_sample_images  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
-from mfd_loss.datasets import to_model_range  # noqa: E402
+from mfd_loss.training.datasets import to_model_range  # noqa: E402
 from mfd_loss.diagnostics import (  # noqa: E402
     controlled_displacement, nuisance_tangents, random_init_like, tangent_alignment)
 

@@ -7,9 +7,9 @@ import pytest
 
 import mfd_loss
 from mfd_loss import Perturbations, load_sample_images
-from mfd_loss.pretrained import embedded_path, get_pretrained_spec
-from mfd_loss.serialization import IntegrityError, load_feature_map, sha256_file
-from mfd_loss.trainer import evaluate_feature_map
+from mfd_loss.hub.pretrained import embedded_path, get_pretrained_spec
+from mfd_loss.hub.serialization import IntegrityError, load_feature_map, sha256_file
+from mfd_loss.training import evaluate_feature_map
 
 SHIPPED = [name for name in sorted(mfd_loss.list_pretrained()) if get_pretrained_spec(name).embedded]
 

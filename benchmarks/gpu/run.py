@@ -508,7 +508,7 @@ class GpuCheck:
     def _check_map(self, folder: Path) -> dict[str, Any]:
         """The exported map loads with MFD(pretrained=folder) and gives finite, non-zero distances on real images."""
         from mfd_loss import MFD
-        from mfd_loss.datasets import load_sample_images, to_model_range
+        from mfd_loss.training.datasets import load_sample_images, to_model_range
 
         x = to_model_range(load_sample_images()[0][:16])
         try:

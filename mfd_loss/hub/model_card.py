@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from .._io import atomic_write
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_file
 
 __all__ = ["model_card", "write_model_card", "CARD_MARKER"]
