@@ -56,6 +56,16 @@ def test_model_card_states_the_measured_r2(name):
     assert config["recipe"]["steps_done"] > 0 and f'"steps_done": {config["recipe"]["steps_done"]}' in card
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_model_card_is_generated_by_the_template(name):
+    from mfd_loss.hub import model_card
+
+    spec = get_pretrained_spec(name)
+    card = (embedded_path(spec) / "README.md").read_text()
+    assert card == model_card(embedded_path(spec), repo_id=spec.repo_id)  # regenerate: mfd_loss.hub.write_model_card
+    assert "## Intended use and limits" in card and "## Data and terms" in card
+
+
 def test_cifar10_map_regresses_degradations_on_real_images():
     """Behaviour, not bookkeeping: on real test images with every op on, the shipped map recovers the
     noise level and the blur strength (the labels it learns first), far better than a constant guess."""
