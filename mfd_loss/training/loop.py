@@ -12,66 +12,43 @@ stopped. Under ``torchrun`` every process draws the same global batch and pertur
 slice for the forward/backward pass, and BatchNorm statistics span the global batch, so K processes
 reproduce one process with the same global batch (up to float summation order). The checkpoint also
 holds a fingerprint of the training data (:func:`data_fingerprint`), so resuming on other data is refused.
+
+:func:`train_feature_map` reads top to bottom: ``_plan_run`` (open and check the data, spec and architecture),
+``_start_run`` (model, optimiser, scaler; a resume is checked by ``_check_resumable``), ``_train_steps`` (one
+``_optimizer_step`` per batch, ``log.csv`` / ``eval.csv`` through :mod:`mfd_loss.training.logs`, checkpoints),
+then :func:`~mfd_loss.training.export.export_run`.
 """
 
 from __future__ import annotations
-import csv
+
 import os
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..feature_maps import FeatureMapConfig, TapFeatureMap, build_feature_map
 from ..perturbations import LabelSpec, Perturbations, label_spec
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import (CHECKPOINT_NAME, EVAL_LOG, MIN_PERTURBED_PER_OP, TRAIN_LOG, TrainConfig, _checkpoint_ramp_length,
-                     default_device, default_spec)
+from .config import CHECKPOINT_NAME, MIN_PERTURBED_PER_OP, TrainConfig, _checkpoint_ramp_length, default_device, default_spec
 from .data import StepBatchSampler, _describe_source, _generator, _mix, _prepare_data, data_fingerprint
 from .datasets import to_model_range
 from .distributed import init_distributed, max_over_processes, use_global_batchnorm
-from .evaluation import evaluate_feature_map, format_r2
 from .export import export_run
 from .image_sources import collate_images
 from .interrupt import StopRequested, stop_reason
+from .logs import _Logs
 
 __all__ = ["train_feature_map"]
-
-
-class _CsvLog:
-    """Append rows to a CSV file, writing the header when the file is new."""
-
-    def __init__(self, path: Path, fields: list[str]):
-        self.path, self.fields = path, fields
-
-    def drop_after(self, step: int) -> None:
-        """Remove rows of steps after ``step``: work a crash lost since the checkpoint, redone on resume."""
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        kept = [row for row in rows if int(row["step"]) <= step]
-        if len(kept) < len(rows):
-            with open(self.path, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(kept)
-
-    def write(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -159,8 +136,47 @@ def train_feature_map(
                          "torch build); use device='cpu' (--device cpu) or install a CUDA build of torch")
     ctx = init_distributed(device)
     out_dir = Path(out_dir)
+    plan = _plan_run(data, eval_data, config, architecture, input_range, ctx.world_size, source_kwargs or {})
+    run = _start_run(plan, config, ctx, out_dir / CHECKPOINT_NAME, resume)
+    description = {"source": plan.fingerprint["source"], **(dataset or {}), "num_images": len(plan.train_idx),
+                   "channels": plan.channels, "resolution": [plan.height, plan.width],
+                   "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
+    halt_code = _train_steps(run, plan, config, ctx, out_dir, description, input_range=input_range,
+                             max_minutes=max_minutes, num_workers=num_workers, progress=progress)
+    finished = run.step >= config.steps
+    stopped_by = None if finished else stop_reason(halt_code)
+    summary = {"step": run.step, "finished": finished, "stopped_by": stopped_by,
+               "images_seen": run.step * config.batch_size, "train_seconds": round(run.train_seconds, 1),
+               "metrics": run.last_eval}
+    if ctx.distributed:
+        dist.barrier()
+    if finished and ctx.is_main:
+        export_run(out_dir, out_dir, dtype=export_dtype)
+    return run.model.eval(), summary
+
+
+@dataclass
+class _Plan:
+    """What a run trains on and with: the opened data, the held-out images, the spec and the architecture."""
+
+    source: Dataset
+    train_idx: list[int]
+    eval_images: Tensor | None
+    channels: int
+    height: int
+    width: int
+    fingerprint: dict[str, Any]
+    eval_p: float
+    spec: LabelSpec
+    arch: FeatureMapConfig
+    perturbations: Perturbations
+
+
+def _plan_run(data: Any, eval_data: Any, config: TrainConfig, architecture: FeatureMapConfig | None,
+              input_range: tuple[float, float] | None, world_size: int, source_kwargs: dict[str, Any]) -> _Plan:
+    """Open the data and check it, the spec and the batch size against each other (before any training)."""
     source, train_idx, eval_images, (channels, height, width) = _prepare_data(
-        data, eval_data, config, input_range, **(source_kwargs or {}))
+        data, eval_data, config, input_range, **source_kwargs)
     fingerprint = data_fingerprint(source, getattr(source, "description", None) or _describe_source(data))
     eval_p = config.p_max if config.eval_p is None else config.eval_p
     if eval_images is not None:
@@ -169,145 +185,162 @@ def train_feature_map(
                              "eval_data (--eval-data) or set eval_fraction=0 (--eval-fraction 0) to skip evaluation")
         expected = eval_images.shape[0] * eval_p
         if expected < MIN_PERTURBED_PER_OP:
+            # stacklevel 3: this function, train_feature_map, then the caller's line
             warnings.warn(f"the held-out set has {eval_images.shape[0]} images: at p = {eval_p:g} about "
                           f"{expected:.1f} of them have each perturbation on, too few for per-label R^2 (want >= "
                           f"{MIN_PERTURBED_PER_OP}); hold out more (eval_size / eval_fraction, --eval-size / "
-                          "--eval-fraction) or pass eval_data (--eval-data)", UserWarning, stacklevel=2)
+                          "--eval-fraction) or pass eval_data (--eval-data)", UserWarning, stacklevel=3)
     spec = label_spec(default_spec(channels) if config.spec == "auto" else config.spec)
     if spec.needs_rgb and channels != 3:
         raise ValueError(f"the perturbation spec {list(spec.ops)} has RGB-only ops (hue, saturation) but the images "
                          f"have {channels} channel(s); use spec='auto' or '{default_spec(channels)}'")
     if "mixup" in spec.ops and config.batch_size < 2:
         raise ValueError("the mixup perturbation needs batch_size >= 2 (its partner is another image of the batch)")
-    if config.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {world_size} processes")
     arch = _fit_architecture(architecture or FeatureMapConfig(), channels, spec.num_labels, (height, width))
     if input_range is not None and collate_images([source[train_idx[0]]]).is_floating_point():
         # float data (e.g. latents) was mapped from input_range onto [-1, 1]: record it, MFD applies it at call time
         arch = FeatureMapConfig(**{**arch.to_dict(), "data_range": tuple(input_range)})
-    perturbations = Perturbations(spec, p=config.p_max)
-    ckpt_path = out_dir / CHECKPOINT_NAME
+    return _Plan(source, train_idx, eval_images, channels, height, width, fingerprint, eval_p, spec, arch,
+                 Perturbations(spec, p=config.p_max))
 
+
+@dataclass
+class _Run:
+    """The state a checkpoint holds: model, optimiser, loss scaler, step, time, last evaluation, ramp length."""
+
+    model: TapFeatureMap
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ramp_length: int
+    step: int = 0
+    train_seconds: float = 0.0
+    last_eval: dict[str, Any] | None = None
+
+
+def _start_run(plan: _Plan, config: TrainConfig, ctx: Any, ckpt_path: Path, resume: bool) -> _Run:
+    """A fresh model, optimiser and scaler (seeded), loaded from the checkpoint when resuming."""
     torch.manual_seed(_mix(config.seed, 0))
-    model = build_feature_map(arch).to(ctx.device).train()
+    model = build_feature_map(plan.arch).to(ctx.device).train()
     optimizer = torch.optim.RAdam(model.parameters(), lr=config.lr, weight_decay=0.0)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
-    step, train_seconds, last_eval = 0, 0.0, None
-    ramp_length = config.ramp_length  # fixed when the run starts: a resume keeps it whatever `steps` becomes
+    # the ramp length is fixed when the run starts: a resume keeps it whatever `steps` becomes
+    run = _Run(model, optimizer, scaler, ramp_length=config.ramp_length)
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        saved_arch = FeatureMapConfig.from_dict(state["architecture"]).to_dict()
-        changed = {"architecture"} if saved_arch != arch.to_dict() else set()
-        now = asdict(config)
-        ramp_length = _checkpoint_ramp_length(state)
-        # a checkpoint without ramp_fraction has an absolute ramp_steps as its only ramp setting: any ramp
-        # setting resumes it with that ramp, except another explicit ramp_steps
-        absolute = "ramp_fraction" not in state["recipe"]
-        kept = {"steps", "ramp_fraction", "ramp_steps"} if absolute else {"steps"}
-        changed |= {f"recipe.{k}" for k in now if k not in kept and state["recipe"].get(k, now[k]) != now[k]}
-        if absolute and config.ramp_steps is not None and config.ramp_steps != ramp_length:
-            changed.add("recipe.ramp_steps")
-        if changed:
-            values = "; ".join(f"{k}: {state['recipe'].get(k[7:])!r} in the checkpoint, {now[k[7:]]!r} now"
-                               for k in sorted(changed) if k.startswith("recipe."))
-            raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}" +
-                             (f" ({values})" if values else "") +
-                             "; use another out_dir, the original settings, or resume=False to start over")
-        saved_pipeline = LabelSpec.from_dict(state["label_spec"]).pipeline
-        if saved_pipeline != spec.pipeline:
-            raise ValueError(f"{ckpt_path} was trained with perturbation pipeline {saved_pipeline} and this mfd-loss "
-                             f"implements pipeline {spec.pipeline} (see docs/how-it-works.md); its labels would change "
-                             "meaning mid-run: start a new run in another folder (--out) or over this one (--no-resume)")
-        saved = state.get("data_fingerprint")
-        if saved and (saved["num_images"], saved["sample_sha256"]) != (fingerprint["num_images"],
-                                                                         fingerprint["sample_sha256"]):
-            raise ValueError(f"{ckpt_path} is a run on other data: {saved['source']} ({saved['num_images']} images), "
-                             f"not {fingerprint['source']} ({fingerprint['num_images']} images, other content); "
-                             "resume with the original data (--data), or start a new run in another folder (--out) "
-                             "or over this one (resume=False, --no-resume)")
+        run.ramp_length = _check_resumable(state, plan, config, ckpt_path)
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        step, train_seconds, last_eval = state["step"], state["train_seconds"], state.get("last_eval")
-    schedule = replace(config, ramp_steps=ramp_length)  # the p schedule of this run
-    net = model
+        run.step, run.train_seconds, run.last_eval = state["step"], state["train_seconds"], state.get("last_eval")
+    return run
+
+
+def _check_resumable(state: dict[str, Any], plan: _Plan, config: TrainConfig, ckpt_path: Path) -> int:
+    """The checkpoint's ramp length, after checking it was written by the same recipe, pipeline and data.
+
+    Raises:
+        ValueError: another architecture or recipe (``steps`` may change), perturbation pipeline or data.
+    """
+    saved_arch = FeatureMapConfig.from_dict(state["architecture"]).to_dict()
+    changed = {"architecture"} if saved_arch != plan.arch.to_dict() else set()
+    now = asdict(config)
+    ramp_length = _checkpoint_ramp_length(state)
+    # a checkpoint without ramp_fraction has an absolute ramp_steps as its only ramp setting: any ramp
+    # setting resumes it with that ramp, except another explicit ramp_steps
+    absolute = "ramp_fraction" not in state["recipe"]
+    kept = {"steps", "ramp_fraction", "ramp_steps"} if absolute else {"steps"}
+    changed |= {f"recipe.{k}" for k in now if k not in kept and state["recipe"].get(k, now[k]) != now[k]}
+    if absolute and config.ramp_steps is not None and config.ramp_steps != ramp_length:
+        changed.add("recipe.ramp_steps")
+    if changed:
+        values = "; ".join(f"{k}: {state['recipe'].get(k[7:])!r} in the checkpoint, {now[k[7:]]!r} now"
+                           for k in sorted(changed) if k.startswith("recipe."))
+        raise ValueError(f"{ckpt_path} was written with a different {sorted(changed)}" +
+                         (f" ({values})" if values else "") +
+                         "; use another out_dir, the original settings, or resume=False to start over")
+    saved_pipeline = LabelSpec.from_dict(state["label_spec"]).pipeline
+    if saved_pipeline != plan.spec.pipeline:
+        raise ValueError(f"{ckpt_path} was trained with perturbation pipeline {saved_pipeline} and this mfd-loss "
+                         f"implements pipeline {plan.spec.pipeline} (see docs/how-it-works.md); its labels would change "
+                         "meaning mid-run: start a new run in another folder (--out) or over this one (--no-resume)")
+    saved, fingerprint = state.get("data_fingerprint"), plan.fingerprint
+    if saved and (saved["num_images"], saved["sample_sha256"]) != (fingerprint["num_images"],
+                                                                     fingerprint["sample_sha256"]):
+        raise ValueError(f"{ckpt_path} is a run on other data: {saved['source']} ({saved['num_images']} images), "
+                         f"not {fingerprint['source']} ({fingerprint['num_images']} images, other content); "
+                         "resume with the original data (--data), or start a new run in another folder (--out) "
+                         "or over this one (resume=False, --no-resume)")
+    return ramp_length
+
+
+def _save(run: _Run, plan: _Plan, config: TrainConfig, path: Path, description: dict[str, Any]) -> None:
+    """Write the run's checkpoint (atomically; rank 0 calls this)."""
+    save_checkpoint(path, {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "step": run.step, "train_seconds": run.train_seconds, "recipe": asdict(config), "ramp_length": run.ramp_length,
+        "architecture": plan.arch.to_dict(),
+        "label_spec": plan.spec.to_dict(), "dataset": description, "last_eval": run.last_eval,
+        "data_fingerprint": plan.fingerprint,
+    })
+
+
+def _train_steps(run: _Run, plan: _Plan, config: TrainConfig, ctx: Any, out_dir: Path, description: dict[str, Any],
+                 *, input_range: tuple[float, float] | None, max_minutes: float | None, num_workers: int,
+                 progress: bool) -> int:
+    """Train from ``run.step`` until ``config.steps``, a stop signal or ``max_minutes``; log, evaluate and
+    checkpoint on the way. Returns the halt code (0: not halted, 1: out of time, else the signal number)."""
+    schedule = replace(config, ramp_steps=run.ramp_length)  # the p schedule of this run
+    net = run.model
     if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(use_global_batchnorm(model, ctx.device),
+        net = torch.nn.parallel.DistributedDataParallel(use_global_batchnorm(run.model, ctx.device),
                                                         device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     shard = slice(ctx.rank * config.batch_size // ctx.world_size, (ctx.rank + 1) * config.batch_size // ctx.world_size)
-    loader = DataLoader(source, batch_sampler=StepBatchSampler(train_idx, config.batch_size, config.seed, step, config.steps),
+    loader = DataLoader(plan.source, batch_sampler=StepBatchSampler(plan.train_idx, config.batch_size, config.seed,
+                                                                    run.step, config.steps),
                         collate_fn=collate_images, num_workers=num_workers, persistent_workers=False)
-    recipe = asdict(config)
-    description = {"source": fingerprint["source"], **(dataset or {}), "num_images": len(train_idx),
-                   "channels": channels, "resolution": [height, width],
-                   "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
-
-    def checkpoint() -> None:
-        if ctx.is_main:
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "train_seconds": train_seconds, "recipe": recipe, "ramp_length": ramp_length,
-                "architecture": arch.to_dict(),
-                "label_spec": spec.to_dict(), "dataset": description, "last_eval": last_eval,
-                "data_fingerprint": fingerprint,
-            })
-
-    train_log = _CsvLog(out_dir / TRAIN_LOG, ["step", "loss", "p", "images_per_second", "train_seconds"])
-    eval_log = _CsvLog(out_dir / EVAL_LOG, ["step", "mse_mean"] + [f"r2_{n}" for n in spec.labels])
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        train_log.drop_after(step)
-        eval_log.drop_after(step)
-    started = last_log = time.monotonic()
-    running, running_n, log_images, halt_code = 0.0, 0, 0, 0
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and ctx.is_main), desc="feature map", unit="step")
+    logs = _Logs(out_dir, plan.spec, run.step, ctx.is_main)
+    started = time.monotonic()
+    halt_code = 0
+    bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and ctx.is_main), desc="feature map",
+               unit="step")
     with StopRequested() as stop:
         for batch in loader:
             x = to_model_range(batch, input_range).to(ctx.device)
-            xp, labels = perturbations(x, generator=_generator(config.seed, 3, step), p=schedule.probability(step))
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate(step)
-            with _autocast(ctx.device, config.precision):
-                prediction = net(xp[shard])[-1].flatten(1)
-            loss = F.mse_loss(prediction.float(), labels[shard])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            running, running_n, log_images = running + loss.item(), running_n + 1, log_images + config.batch_size
+            xp, labels = plan.perturbations(x, generator=_generator(config.seed, 3, run.step),
+                                            p=schedule.probability(run.step))
+            loss = _optimizer_step(run, net, xp[shard], labels[shard], config, ctx.device)
+            run.step += 1
             bar.update(1)
             out_of_time = max_minutes is not None and (time.monotonic() - started) > 60 * max_minutes
             halt_code = max_over_processes(stop.signum if stop.flag else 1 if out_of_time else 0, ctx.device)
-            save_now = step % config.checkpoint_every == 0 or step == config.steps or halt_code
-            now = time.monotonic()
-            if ctx.is_main and (now - last_log > 30 or save_now):
-                row = {"step": step, "loss": running / running_n, "p": schedule.probability(step - 1),
-                       "images_per_second": log_images / (now - last_log),
-                       "train_seconds": train_seconds + now - started}
-                train_log.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", p=f"{row['p']:.3f}")
-                running, running_n, log_images, last_log = 0.0, 0, 0, now
-            if ctx.is_main and eval_images is not None and (
-                    (config.eval_every and step % config.eval_every == 0) or step == config.steps):
-                last_eval = evaluate_feature_map(model, eval_images, perturbations, p=eval_p)
-                eval_log.write({"step": step, "mse_mean": last_eval["mse_mean"],
-                                **{f"r2_{k}": v for k, v in last_eval["r2"].items()}})
-                bar.write(f"step {step}: held-out mse {last_eval['mse_mean']:.4f}, R^2 {format_r2(last_eval['r2'])}")
+            save_now = run.step % config.checkpoint_every == 0 or run.step == config.steps or halt_code
+            if ctx.is_main:
+                logs.train(run, loss, schedule, config, started, bar, force=bool(save_now))
+                logs.evaluate(run, plan, config, bar)
             if save_now:
-                train_seconds += time.monotonic() - started
+                run.train_seconds += time.monotonic() - started
                 started = time.monotonic()
-                checkpoint()
+                if ctx.is_main:
+                    _save(run, plan, config, out_dir / CHECKPOINT_NAME, description)
             if halt_code:
                 break
     bar.close()
-    finished = step >= config.steps
-    stopped_by = None if finished else stop_reason(halt_code)
-    summary = {"step": step, "finished": finished, "stopped_by": stopped_by, "images_seen": step * config.batch_size,
-               "train_seconds": round(train_seconds, 1), "metrics": last_eval}
-    if ctx.distributed:
-        dist.barrier()
-    if finished and ctx.is_main:
-        export_run(out_dir, out_dir, dtype=export_dtype)
-    return model.eval(), summary
+    return halt_code
+
+
+def _optimizer_step(run: _Run, net: torch.nn.Module, xp: Tensor, labels: Tensor, config: TrainConfig,
+                    device: torch.device) -> float:
+    """One RAdam step on this process's slice of the perturbed batch; returns the loss (MSE on the labels)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.learning_rate(run.step)
+    with _autocast(device, config.precision):
+        prediction = net(xp)[-1].flatten(1)
+    loss = F.mse_loss(prediction.float(), labels)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss.item()
