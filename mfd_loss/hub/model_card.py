@@ -46,7 +46,7 @@ def model_card(folder_or_config: str | os.PathLike | dict[str, Any], *, repo_id:
         repo_id: the Hub repo the card is for (used in the usage snippet).
         license: overrides ``config["license"]`` (default ``mit``).
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     sha = None
     if isinstance(folder_or_config, dict):
@@ -63,26 +63,7 @@ def model_card(folder_or_config: str | os.PathLike | dict[str, Any], *, repo_id:
     data_name = dataset.get("name")
     r2, mse, held = _metric_values(config)
     name = repo_id.split("/")[-1] if repo_id else f"mfd-{data_name or 'custom'}-{arch.get('arch', 'map')}"
-    eval_results = []
-    if held.get("mse_mean") is not None and data_name:
-        common = dict(task_type="image-feature-extraction", task_name="perturbation-parameter regression",
-                      dataset_type=_HUB_DATASET_IDS.get(data_name, data_name), dataset_name=data_name,
-                      dataset_split=dataset.get("eval_split", "test"))
-        eval_results.append(EvalResult(**common, metric_type="mse", metric_name="label MSE (mean over labels)",
-                                       metric_value=float(held["mse_mean"])))
-        if r2:
-            eval_results.append(EvalResult(**common, metric_type="r_squared", metric_name="R^2 (mean over labels)",
-                                           metric_value=round(sum(r2.values()) / len(r2), 6)))
-    data = ModelCardData(
-        license=license or config.get("license") or "mit",
-        library_name="mfd-loss",
-        tags=["mfd-loss", "perceptual-loss", "feature-map", "consistency-models", "pytorch", "safetensors"],
-        datasets=[_HUB_DATASET_IDS.get(data_name, data_name)] if data_name else None,
-        metrics=(["mse"] + (["r_squared"] if r2 else [])) if held else None,
-        pipeline_tag="image-feature-extraction",
-        model_name=name if eval_results else None,
-        eval_results=eval_results or None,
-    )
+    data = _card_data(config, dataset, name, held, r2, license)
     load = f"{repo_id}" if repo_id else "PATH/TO/FOLDER"
     res = arch.get("resolution", ["?", "?"])
     lines = [
@@ -108,6 +89,50 @@ def model_card(folder_or_config: str | os.PathLike | dict[str, Any], *, repo_id:
         *[f"| {e.get('name')} | {e.get('op')} | {e.get('group')} | {_fmt_range(e.get('range'))} |"
           for e in spec.get("labels", [])], "",
     ]
+    lines += _record_sections(config, dataset, held, r2, mse)
+    lines += _intended_use(config, arch, data_name) + _data_and_terms(config, dataset, data_name, license)
+    lines += ["## Citation", "", "```bibtex", "@article{kim2025align,",
+              "  title   = {Align Your Tangent: Training Better Consistency Models via Manifold-Aligned Tangents},",
+              "  author  = {Kim, Beomsu and Cha, Byunghee and Ye, Jong Chul},",
+              "  journal = {arXiv preprint arXiv:2510.00658},", "  year    = {2025}", "}", "```", ""]
+    text = f"---\n{data.to_yaml()}\n---\n{CARD_MARKER}\n\n" + "\n".join(lines)
+    ModelCard(text, ignore_metadata_errors=False)  # parses the YAML header: fail here, not on the Hub
+    return text
+
+
+def _card_data(config: dict[str, Any], dataset: dict[str, Any], name: str, held: dict[str, Any],
+               r2: dict[str, float], license: str | None) -> Any:
+    """The card's YAML header (``huggingface_hub.ModelCardData``), with a ``model-index`` when metrics exist."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    data_name = dataset.get("name")
+    eval_results = []
+    if held.get("mse_mean") is not None and data_name:
+        common = dict(task_type="image-feature-extraction", task_name="perturbation-parameter regression",
+                      dataset_type=_HUB_DATASET_IDS.get(data_name, data_name), dataset_name=data_name,
+                      dataset_split=dataset.get("eval_split", "test"))
+        eval_results.append(EvalResult(**common, metric_type="mse", metric_name="label MSE (mean over labels)",
+                                       metric_value=float(held["mse_mean"])))
+        if r2:
+            eval_results.append(EvalResult(**common, metric_type="r_squared", metric_name="R^2 (mean over labels)",
+                                           metric_value=round(sum(r2.values()) / len(r2), 6)))
+    data = ModelCardData(
+        license=license or config.get("license") or "mit",
+        library_name="mfd-loss",
+        tags=["mfd-loss", "perceptual-loss", "feature-map", "consistency-models", "pytorch", "safetensors"],
+        datasets=[_HUB_DATASET_IDS.get(data_name, data_name)] if data_name else None,
+        metrics=(["mse"] + (["r_squared"] if r2 else [])) if held else None,
+        pipeline_tag="image-feature-extraction",
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    return data
+
+
+def _record_sections(config: dict[str, Any], dataset: dict[str, Any], held: dict[str, Any], r2: dict[str, float],
+                     mse: dict[str, float]) -> list[str]:
+    """What the config records: training data, recipe, notes and held-out metrics."""
+    lines: list[str] = []
     if dataset:
         lines += ["## Training data", "", *[f"- {k}: {v}" for k, v in dataset.items()], ""]
     if config.get("recipe"):
@@ -125,14 +150,7 @@ def model_card(folder_or_config: str | os.PathLike | dict[str, Any], *, repo_id:
             lines += ["| label | R^2 | MSE |", "|---|---|---|"]
             lines += [f"| {k} | {_fmt(r2.get(k))} | {_fmt(mse.get(k))} |" for k in (mse or r2)]
             lines += [""]
-    lines += _intended_use(config, arch, data_name) + _data_and_terms(config, dataset, data_name, license)
-    lines += ["## Citation", "", "```bibtex", "@article{kim2025align,",
-              "  title   = {Align Your Tangent: Training Better Consistency Models via Manifold-Aligned Tangents},",
-              "  author  = {Kim, Beomsu and Cha, Byunghee and Ye, Jong Chul},",
-              "  journal = {arXiv preprint arXiv:2510.00658},", "  year    = {2025}", "}", "```", ""]
-    text = f"---\n{data.to_yaml()}\n---\n{CARD_MARKER}\n\n" + "\n".join(lines)
-    ModelCard(text, ignore_metadata_errors=False)  # parses the YAML header: fail here, not on the Hub
-    return text
+    return lines
 
 
 def _intended_use(config: dict[str, Any], arch: dict[str, Any], data_name: str | None) -> list[str]:
