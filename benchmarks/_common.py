@@ -112,7 +112,7 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 def lpips_with_weights(net: str = "vgg"):
     """``(LPIPSDistance, label)`` with the backbone's ImageNet weights if they are cached (never downloads), else
     ``(None, reason)``: the first line of the error, which says where to put the weights."""
-    from mfd_loss.objectives import LPIPSDistance
+    from mfd_loss.consistency import LPIPSDistance
 
     try:
         return LPIPSDistance(net, pretrained_backbone=True, allow_download=False), f"LPIPS-{net.upper()} (ImageNet weights)"
@@ -135,8 +135,8 @@ def pyplot():
 def map_record(pretrained: str | os.PathLike) -> dict[str, str]:
     """``{"name", "sha256"}`` of a feature map given by name, Hub id or folder: the SHA-256 of the
     ``model.safetensors`` a result was measured with (every results JSON names its maps this way)."""
-    from mfd_loss.pretrained import resolve_pretrained
-    from mfd_loss.serialization import WEIGHTS_NAME, sha256_file
+    from mfd_loss.hub.pretrained import resolve_pretrained
+    from mfd_loss.hub.serialization import WEIGHTS_NAME, sha256_file
 
     found = resolve_pretrained(pretrained)
     path = found.path / WEIGHTS_NAME if found.path.is_dir() else found.path

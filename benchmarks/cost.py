@@ -9,7 +9,7 @@ Cases, all measured in one run, side by side, on the same seeded random inputs i
   the cost of the value checks (``value_check_cost_pct`` in the summary).
 * ``floor-cifar10`` / ``floor-mnist``: what no feature-space loss can beat, the map's forward on the target
   (no grad), its forward on the prediction and one backward to the input; MFD's overhead = t_MFD / t_floor - 1.
-* ``ayt-cifar10``: AYT's tangent loss (``mfd_loss.objectives.tangent_loss``) with MFD (cifar10) as distance.
+* ``ayt-cifar10``: AYT's tangent loss (``mfd_loss.consistency.tangent_loss``) with MFD (cifar10) as distance.
 * ``lpips-vgg`` / ``lpips-alex``: LPIPS at the images' size; ``lpips-vgg@224`` / ``lpips-alex@224``: both
   images bilinearly upsampled to 224x224 first, inside the timed region (as openai/consistency_models does).
   Without the ImageNet backbone weights a random backbone is used (same compute); the JSON says which.
@@ -33,6 +33,9 @@ batch's time scaled linearly to the next batch size, exceeds ``--max-seconds`` (
 that is the compute time, unaffected by time slices lost to other processes on a shared machine (cache and
 memory-bandwidth contention still count). Both clocks are recorded for every row.
 
+The cases are built in ``benchmarks/_cost_cases.py``, the tables and plot drawn in ``benchmarks/_cost_tables.py``;
+this script measures and writes.
+
 Rerun: ``python benchmarks/cost.py`` (writes benchmarks/results/cost-<device type>.{json,png,md}). The CPU
 results in benchmarks/results/ came from (about 10 minutes on one otherwise idle core; a shared machine):
 
@@ -48,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import dataclasses
 import math
 import multiprocessing
 import resource
@@ -57,33 +59,18 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    RESULTS, environment, lpips_with_weights, markdown_table, parse_ints, pyplot, resolve_device, write_json,
+from _common import RESULTS, environment, parse_ints, resolve_device, write_json  # noqa: E402
+from _cost_cases import (  # noqa: E402  (the cases, and the tables and plot, live beside this script)
+    CASES, DTYPES, SMOKE_CASES, VALIDATE_OFF, Loss, build_case, floor_of, input_shape, make_inputs,
 )
+from _cost_tables import headline, plot, summarize, tables  # noqa: E402
 
-CASES = {
-    "mfd-cifar10": "MFD cifar10",
-    "mfd-cifar10-novalidate": "MFD cifar10, validate_args=False",
-    "floor-cifar10": "floor: cifar10 map, 2 fwd + input bwd",
-    "ayt-cifar10": "AYT tangent loss (MFD cifar10)",
-    "mfd-mnist": "MFD mnist (1 channel)",
-    "floor-mnist": "floor: mnist map, 2 fwd + input bwd",
-    "lpips-vgg": "LPIPS-VGG",
-    "lpips-alex": "LPIPS-Alex",
-    "lpips-vgg@224": "LPIPS-VGG @224",
-    "lpips-alex@224": "LPIPS-Alex @224",
-    "pseudo-huber": "pseudo-Huber (iCT c)",
-    "l2": "L2 (MSE)",
-}
-SMOKE_CASES = ("mfd-cifar10", "mfd-cifar10-novalidate", "floor-cifar10", "ayt-cifar10", "lpips-alex", "pseudo-huber", "l2")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SKIPPED = "over the --max-seconds budget"
 MEMORY_METHODS = {
     "cuda": "per batch, one untimed iteration after the warm-up: torch.cuda.max_memory_allocated during it minus "
@@ -95,99 +82,6 @@ MEMORY_METHODS = {
     "ru_maxrss": "CPU, child process: growth of ru_maxrss over its value once the case and all inputs are built; "
                  "batch sizes in increasing order, so each reading is that batch's peak (approximate)",
 }
-LPIPS_RANDOM = "random (ImageNet weights absent; same compute)"
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def input_shape(case: str, resolution: int) -> tuple[int, int, int]:
-    """(C, H, W) of a case's inputs: the mnist map takes 1 channel."""
-    return (1 if case.endswith("mnist") else 3, resolution, resolution)
-
-
-VALIDATE_OFF = "-novalidate"
-
-
-def floor_of(case: str) -> str:
-    """The floor case an MFD case is compared with (``mfd-cifar10-novalidate`` -> ``floor-cifar10``)."""
-    return "floor-" + case[4:].removesuffix(VALIDATE_OFF)
-
-
-def build_mfd(name: str, size: int, seed: int, notes: list[str], validate_args: bool = True):
-    """The shipped MFD map ``name`` if ``size`` is its resolution, else a seeded random map of its config."""
-    from mfd_loss import MFD
-    from mfd_loss.feature_maps import build_feature_map
-
-    mfd = MFD(pretrained=name, validate_args=validate_args)
-    config = mfd.feature_map.config
-    if tuple(config.resolution) == (size, size):
-        notes.append(f"shipped {name} weights")
-        return mfd
-    torch.manual_seed(seed)
-    notes.append(f"random weights, {name} config at {size}x{size} (same compute)")
-    fmap = build_feature_map(dataclasses.replace(config, resolution=(size, size)))
-    return MFD(pretrained=None, feature_map=fmap, validate_args=validate_args)
-
-
-def build_lpips(net: str, notes: list[str]):
-    """LPIPS with the ImageNet backbone when cached, else a random backbone (noted)."""
-    from mfd_loss.objectives import LPIPSDistance
-
-    model, _ = lpips_with_weights(net)
-    if model is not None:
-        notes.append("lpips_backbone: imagenet")
-        return model
-    notes.append(f"lpips_backbone: {LPIPS_RANDOM}")
-    return LPIPSDistance(net=net, pretrained_backbone=False)
-
-
-def build_case(case: str, size: int, seed: int, device: torch.device) -> tuple[Loss, list[str]]:
-    """A callable (prediction, target) -> scalar loss for ``case`` at input size ``size``, and notes on it."""
-    from mfd_loss.objectives import pseudo_huber, squared_l2, tangent_loss
-
-    notes: list[str] = []
-    kind, _, rest = case.partition("-")
-    if kind in ("mfd", "floor", "ayt"):
-        validate = not rest.endswith(VALIDATE_OFF)
-        if not validate:
-            notes.append("validate_args=False: no NaN/Inf or range check, no host synchronisation")
-        mfd = build_mfd(rest.removesuffix(VALIDATE_OFF), size, seed, notes, validate).to(device)
-        if kind == "mfd":
-            return lambda p, t: mfd(p, t).sum(), notes
-        if kind == "ayt":
-            return lambda p, t: tangent_loss(p, t, mfd, reduction="mean"), notes
-        fmap = mfd.feature_map
-
-        def floor(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                fmap(t)
-            return sum(tap.float().sum() for tap in fmap(p))
-
-        return floor, notes
-    if kind == "lpips":
-        net, _, upsample = rest.partition("@")
-        model = build_lpips(net, notes).to(device)
-        if not upsample:
-            return lambda p, t: model(p, t).sum(), notes
-        side = int(upsample)
-        notes.append(f"bilinear upsampling to {side}x{side} inside the timed region")
-
-        def resized(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            up = [F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False) for x in (p, t)]
-            return model(*up).sum()
-
-        return resized, notes
-    if case == "pseudo-huber":
-        return lambda p, t: pseudo_huber(p, t, reduction="sum"), notes
-    if case == "l2":
-        return lambda p, t: squared_l2(p, t, reduction="sum"), notes
-    raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-
-
-def make_inputs(batch: int, shape: tuple[int, ...], seed: int, device: torch.device):
-    """Seeded (prediction, target) in [-1, 1], the same for every case of this batch size and shape."""
-    g = torch.Generator().manual_seed(seed)
-    pair = [torch.rand(batch, *shape, generator=g) * 2 - 1 for _ in range(2)]
-    return pair[0].to(device), pair[1].to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -348,117 +242,6 @@ def run_isolated(spec: dict[str, Any], device: torch.device) -> tuple[list[dict[
         raise RuntimeError(f"{', '.join(spec['cases'])} at {spec['resolution']} px failed "
                            f"(exit code {process.exitcode}):\n{result['error']}")
     return result["rows"], result["memory_method"]
-
-
-def lookup(rows, case: str, resolution: int, batch: int) -> dict[str, Any] | None:
-    """The measured row of (case, resolution, batch), or None when absent or skipped."""
-    for row in rows:
-        if (row["case"], row["resolution"], row["batch"]) == (case, resolution, batch) and "median_s" in row:
-            return row
-    return None
-
-
-def time_ratio(rows, case: str, reference: str, resolution: int, batch: int) -> float | None:
-    a, b = lookup(rows, case, resolution, batch), lookup(rows, reference, resolution, batch)
-    return a["median_s"] / b["median_s"] if a and b else None
-
-
-def summarize(rows, cases, resolutions, batches) -> dict[str, Any]:
-    """Ratios: each case's time over L2's and pseudo-Huber's; MFD's overhead over its floor (%); the cost of MFD's
-    value checks, t_MFD / t_MFD(validate_args=False) - 1 (%)."""
-    summary: dict[str, Any] = {"time_over_l2": {}, "time_over_pseudo_huber": {}, "mfd_overhead_over_floor_pct": {},
-                               "value_check_cost_pct": {}}
-    for res in resolutions:
-        for batch in batches:
-            key = f"{res}px/b{batch}"
-            for case in cases:
-                for name, ref in (("time_over_l2", "l2"), ("time_over_pseudo_huber", "pseudo-huber")):
-                    ratio = time_ratio(rows, case, ref, res, batch)
-                    if ratio is not None:
-                        summary[name].setdefault(case, {})[key] = round(ratio, 3)
-                if case.startswith("mfd-"):
-                    ratio = time_ratio(rows, case, floor_of(case), res, batch)
-                    if ratio is not None:
-                        summary["mfd_overhead_over_floor_pct"].setdefault(case, {})[key] = round(100 * (ratio - 1), 1)
-                    ratio = time_ratio(rows, case, case + VALIDATE_OFF, res, batch)
-                    if ratio is not None:
-                        summary["value_check_cost_pct"].setdefault(case, {})[key] = round(100 * (ratio - 1), 1)
-    return summary
-
-
-def _fmt(value: float | None, spec: str = ".3g", suffix: str = "") -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:{spec}}{suffix}"
-
-
-def tables(rows, cases, resolutions, batches, ref_batch: int) -> str:
-    """Markdown: throughput (img/s) per resolution and batch, time ratios and overheads; then peak memory."""
-    headers = ["case"] + [f"{r} px b{b}" for r in resolutions for b in batches]
-    headers += [f"× L2 time {r} px b{ref_batch}" for r in resolutions]
-    headers += [f"over floor {r} px b{ref_batch}" for r in resolutions]
-    speed, memory = [], []
-    for case in cases:
-        cells = [lookup(rows, case, r, b) for r in resolutions for b in batches]
-        overhead = [time_ratio(rows, case, floor_of(case), r, ref_batch) if case.startswith("mfd-") else None
-                    for r in resolutions]
-        speed.append([CASES[case]] + [_fmt(c and c["images_per_s"]) for c in cells]
-                     + [_fmt(time_ratio(rows, case, "l2", r, ref_batch), ".3g", "×") for r in resolutions]
-                     + [_fmt(o and 100 * (o - 1), "+.0f", " %") for o in overhead])
-        memory.append([CASES[case]] + [_fmt(c and c["peak_mem_mb"], ".4g") for c in cells])
-    return ("Throughput, images/s (forward + backward w.r.t. the prediction; – = skipped or not measured)\n\n"
-            + markdown_table(headers, speed) + "\n\nPeak memory, MB\n\n"
-            + markdown_table(["case"] + headers[1:1 + len(resolutions) * len(batches)], memory))
-
-
-def headline(rows, resolutions, batches, ref_batch: int) -> str:
-    """One line: MFD (cifar10) against the pixel losses, its floor and LPIPS-VGG@224 (at the largest batch
-    size up to ``ref_batch`` where both were measured, since slow cases skip the large ones)."""
-    res = resolutions[0]
-    mfd = lookup(rows, "mfd-cifar10", res, ref_batch)
-    if mfd is None:
-        return f"MFD cifar10 not measured at {res} px, batch {ref_batch}"
-    parts = [f"MFD cifar10 at {res} px, batch {ref_batch}: {mfd['images_per_s']:.4g} img/s"]
-    for ref, name in (("pseudo-huber", "pseudo-Huber"), ("l2", "L2")):
-        ratio = time_ratio(rows, "mfd-cifar10", ref, res, ref_batch)
-        if ratio is not None:
-            parts.append(f"{ratio:.3g}x {name} time")
-    ratio = time_ratio(rows, "mfd-cifar10", "floor-cifar10", res, ref_batch)
-    if ratio is not None:
-        parts.append(f"overhead over floor {100 * (ratio - 1):+.1f} %")
-    ratio = time_ratio(rows, "mfd-cifar10", "mfd-cifar10" + VALIDATE_OFF, res, ref_batch)
-    if ratio is not None:
-        parts.append(f"value checks {100 * (ratio - 1):+.1f} % (vs validate_args=False)")
-    for batch in sorted((b for b in batches if b <= ref_batch), reverse=True):
-        ratio = time_ratio(rows, "lpips-vgg@224", "mfd-cifar10", res, batch)
-        if ratio is not None:
-            at = "" if batch == ref_batch else f" (at batch {batch}; larger ones skipped)"
-            parts.append(f"LPIPS-VGG@224 takes {ratio:.3g}x MFD's time{at}")
-            break
-    return "; ".join(parts)
-
-
-def plot(rows, cases, resolutions, batches, path: Path, title: str) -> None:
-    """Throughput against batch size, log-log, one panel per resolution, one line per case (a floor: dashed, in
-    its MFD's colour)."""
-    plt = pyplot()
-    families = list(dict.fromkeys(c.replace("floor-", "mfd-") for c in CASES))
-    colours = plt.get_cmap("tab10").colors
-    fig, axes = plt.subplots(1, len(resolutions), figsize=(6.5 * len(resolutions), 4.8), squeeze=False)
-    for ax, res in zip(axes[0], resolutions):
-        for case in cases:
-            points = [(r["batch"], r["images_per_s"]) for r in rows
-                      if r["case"] == case and r["resolution"] == res and "images_per_s" in r]
-            if points:
-                colour = colours[families.index(case.replace("floor-", "mfd-")) % len(colours)]
-                style = "--" if case.startswith("floor") else "-"
-                ax.plot(*zip(*points), style, color=colour, marker="o", markersize=3, label=CASES[case])
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title=f"{res} px")
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.set_xticks([], minor=True)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

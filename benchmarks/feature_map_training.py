@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _load(smoke: bool, eval_images: int):
     """(train, test) uint8 CIFAR-10; the smoke mode uses the 64 test images shipped in the package for both."""
-    from mfd_loss.datasets import load_cifar10, load_sample_images
+    from mfd_loss.training.datasets import load_cifar10, load_sample_images
 
     if smoke:
         images, _ = load_sample_images()
@@ -95,7 +95,7 @@ def run_candidate(args: argparse.Namespace, name: str) -> dict[str, Any]:
     import torch
 
     from mfd_loss import FeatureMapConfig, Perturbations, TrainConfig, train_feature_map
-    from mfd_loss.trainer import evaluate_feature_map
+    from mfd_loss.training import evaluate_feature_map
 
     torch.set_num_threads(args.threads)
     arch_over, train_over = CANDIDATES[name]
@@ -161,7 +161,7 @@ def random_init_floor(args: argparse.Namespace) -> dict[str, Any]:
 
     from mfd_loss import Perturbations
     from mfd_loss.feature_maps import build_feature_map
-    from mfd_loss.trainer import evaluate_feature_map
+    from mfd_loss.training import evaluate_feature_map
 
     torch.manual_seed(0)
     fmap = build_feature_map({**BASE_ARCH, "in_channels": 3, "num_labels": 15, "resolution": (32, 32)})

@@ -50,7 +50,7 @@ from _common import RESULTS, environment, map_record, markdown_table, resolve_de
 
 from mfd_loss import MFD, load_sample_images  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
-from mfd_loss.datasets import load_tinyimagenet, to_model_range  # noqa: E402
+from mfd_loss.training.datasets import load_tinyimagenet, to_model_range  # noqa: E402
 from mfd_loss.diagnostics import (  # noqa: E402
     controlled_displacement, nuisance_tangents, random_init_like, tangent_alignment)
 

@@ -44,10 +44,10 @@ from _common import (  # noqa: E402
 
 from mfd_loss import MFD, FeatureMapConfig, TrainConfig, train_feature_map  # noqa: E402
 from mfd_loss.consistency import r_from_t  # noqa: E402
-from mfd_loss.datasets import load_cifar10, load_sample_images, to_model_range  # noqa: E402
+from mfd_loss.training.datasets import load_cifar10, load_sample_images, to_model_range  # noqa: E402
 from mfd_loss.diagnostics import (  # noqa: E402
     NUISANCE_DIRECTIONS, controlled_displacement, nuisance_tangents, random_init_like, tangent_alignment)
-from mfd_loss.objectives import pseudo_huber  # noqa: E402
+from mfd_loss.consistency import pseudo_huber  # noqa: E402
 
 NOISE_LEVELS = (0.01, 0.05, 0.2, 1.0, 5.0, 20.0, 80.0)
 PRESETS = {"synthetic": ("grayscale", "geometric", "degradation"), "cifar10": ("all", "geometric", "degradation")}

@@ -71,7 +71,7 @@ def sync(device: torch.device) -> None:
 
 def images_for(batch: int) -> torch.Tensor:
     """(batch, 3, 32, 32) uint8: the packaged real CIFAR-10 test images, repeated (speed does not depend on content)."""
-    from mfd_loss.datasets import load_sample_images
+    from mfd_loss.training.datasets import load_sample_images
 
     images, _ = load_sample_images()
     return images.repeat((batch + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[:batch].contiguous()
@@ -103,7 +103,7 @@ class TrainingStep:
 
     def perturb(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The data side of a step: range mapping, transfer, perturbation sample + apply."""
-        from mfd_loss.datasets import to_model_range
+        from mfd_loss.training.datasets import to_model_range
 
         x = to_model_range(self.batch).to(self.device, non_blocking=True)
         return self.perturbations(x, generator=self._generator(), p=P_MAX)

@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 from fd_metric import FrechetDistance
 from unet import build_network
 
-from mfd_loss.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from mfd_loss.training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from mfd_loss.consistency import EDMDenoiser
-from mfd_loss.datasets import load_cifar10, load_mnist
-from mfd_loss.distributed import max_over_processes
-from mfd_loss.interrupt import StopRequested, exit_status, stop_reason
+from mfd_loss.training.datasets import load_cifar10, load_mnist
+from mfd_loss.training.distributed import max_over_processes
+from mfd_loss.training.interrupt import StopRequested, exit_status, stop_reason
 
 # Flags that define the network: a checkpoint records them, --init and --teacher rebuild from them.
 NETWORK_ARGS = ("arch", "channels", "channel_mult", "num_blocks", "attention", "dropout")

@@ -51,8 +51,8 @@ from mfd_loss.consistency import (  # noqa: E402
     EDMDenoiser, consistency_weight, distillation_target, one_step_sample, r_from_t, sample_noise_levels,
     two_step_sample,
 )
-from mfd_loss.objectives import OBJECTIVES, build_objective  # noqa: E402
-from mfd_loss.sampling import SOLVERS  # noqa: E402
+from mfd_loss.consistency import OBJECTIVES, build_objective  # noqa: E402
+from mfd_loss.consistency.sampling import SOLVERS  # noqa: E402
 
 # Arguments that define a run: resuming with a different value is an error (steps and eval settings may change).
 RUN_IDENTITY = COMMON_IDENTITY + (

@@ -10,7 +10,7 @@ EDM, Sec. 5 and Table 1):
     loss = mean_b lambda(sigma_b) mean_pixels (D_b - x0_b)^2,  lambda = (sigma^2 + s_d^2) / (sigma s_d)^2
 
 Samples come from EDM's deterministic Heun sampler (EDM Algorithm 1: 18 noise levels from 80 to 0.002,
-rho = 7, 35 network evaluations; mfd_loss.sampling.heun_sample), graded by the Fréchet distance of
+rho = 7, 35 network evaluations; mfd_loss.consistency.sampling.heun_sample), graded by the Fréchet distance of
 examples/fd_metric.py (FID with Inception weights, else FD_cnn-<dataset>).
 
 On a CPU (the sizes the convergence benchmark uses; see benchmarks/convergence.py):
@@ -50,7 +50,7 @@ import _training  # noqa: E402
 from _training import COMMON_IDENTITY, HelpFormatter, Session  # noqa: E402
 
 from mfd_loss.consistency import EDM_P_MEAN, EDM_P_STD, edm_loss_weight, sample_noise_levels  # noqa: E402
-from mfd_loss.sampling import SIGMA_MIN, heun_sample  # noqa: E402
+from mfd_loss.consistency.sampling import SIGMA_MIN, heun_sample  # noqa: E402
 
 RUN_IDENTITY = COMMON_IDENTITY + ("p_mean", "p_std")
 

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from ._validation import InputRangeWarning, check_finite_and_range, warn_at_caller
 from .distance import DISTANCES, REDUCTIONS, RESIZE_MODES, check_pair, manifold_feature_distance
-from .hub_mixin import LossHubMixin
-from .pretrained import LoadedPretrained, PretrainedReference, open_pretrained
-from .serialization import check_finite_weights
+from .hub.mixin import LossHubMixin
+from .hub.pretrained import LoadedPretrained, PretrainedReference, open_pretrained
+from .hub.serialization import check_finite_weights
 
 __all__ = ["ManifoldFeatureDistance", "MFD"]
 
@@ -242,7 +242,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
 
     @classmethod
     def _from_loaded(cls, loaded: LoadedPretrained, **options: Any) -> "ManifoldFeatureDistance":
-        """The loss around a map loaded by :func:`~mfd_loss.pretrained.open_pretrained` (``from_pretrained``)."""
+        """The loss around a map loaded by :func:`~mfd_loss.hub.pretrained.open_pretrained` (``from_pretrained``)."""
         loss = cls(feature_map=loaded.feature_map, **options)
         loss.config = loaded.config
         loss._attach(loss.feature_map, loaded.reference)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mfd_loss import MFD, FeatureMapConfig, VGGFeatureMap, load_sample_images
-from mfd_loss.datasets import to_model_range
+from mfd_loss.training.datasets import to_model_range
 
 TINY = {"arch": "vgg11", "width": 0.125}
 

@@ -48,7 +48,7 @@ def test_a_native_64px_map_is_measured_beside_its_random_init_and_named_by_hash(
     import torch
 
     from mfd_loss import FeatureMapConfig, build_feature_map, label_spec, save_feature_map
-    from mfd_loss.serialization import sha256_file
+    from mfd_loss.hub.serialization import sha256_file
 
     torch.manual_seed(123)  # other weights than the control, which random_init_like draws with seed 0
     fmap = build_feature_map(FeatureMapConfig(arch="vgg11", width=0.125, num_labels=15, resolution=(64, 64)))

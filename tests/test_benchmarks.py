@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import load_script
 
-from mfd_loss.datasets import find_data_dir
+from mfd_loss.training.datasets import find_data_dir
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

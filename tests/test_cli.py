@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import mfd_loss.trainer
+import mfd_loss.training.data
 from mfd_loss import FeatureMapConfig, TrainConfig, load_sample_images
 from mfd_loss.cli import build_parser, main, train_settings
-from mfd_loss.trainer import RECIPES, recipe_settings
+from mfd_loss.training import RECIPES, recipe_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["demo", "train", "export", "download", "push", "info"]
@@ -160,9 +160,9 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
 
 def test_device_defaults_to_cuda_when_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert mfd_loss.trainer.default_device() == "cuda"
+    assert mfd_loss.training.default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert mfd_loss.trainer.default_device() == "cpu"
+    assert mfd_loss.training.default_device() == "cpu"
     assert _train_args().device is None  # the CLI leaves the choice to default_device()
 
 
@@ -190,13 +190,13 @@ class _SignalAtBatch(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupted_train_checkpoints_and_exits_non_zero(tmp_path, capsys, monkeypatch, signum, code):
-    real_open = mfd_loss.trainer.open_image_source
+    real_open = mfd_loss.training.open_image_source
 
     def open_with_signal(source, **kwargs):
         dataset = real_open(source, **kwargs)
         return _SignalAtBatch(dataset, signum, at=3) if kwargs.get("split") == "train" else dataset
 
-    monkeypatch.setattr(mfd_loss.trainer, "open_image_source", open_with_signal)
+    monkeypatch.setattr(mfd_loss.training.data, "open_image_source", open_with_signal)
     np.save(tmp_path / "x.npy", load_sample_images()[0][:24].numpy())
     argv = ["train", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "run"), "--arch", "vgg11",
             "--width", "0.125", "--steps", "6", "--batch-size", "8", "--eval-fraction", "0", "--device", "cpu"]
@@ -206,6 +206,6 @@ def test_interrupted_train_checkpoints_and_exits_non_zero(tmp_path, capsys, monk
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert 1 <= state["step"] < 6  # stopped early, with a checkpoint
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    monkeypatch.setattr(mfd_loss.trainer, "open_image_source", real_open)
+    monkeypatch.setattr(mfd_loss.training.data, "open_image_source", real_open)
     assert main(argv) == 0  # the rerun resumes and finishes
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 6

@@ -1,5 +1,5 @@
 """ECT schedule helpers against hand-computed values, and the ODE solvers against an exact Gaussian ODE
-(mfd_loss.consistency, mfd_loss.sampling)."""
+(mfd_loss.consistency, mfd_loss.consistency.sampling)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mfd_loss.consistency import (
     EDMDenoiser, consistency_weight, distillation_target, edm_loss_weight, edm_preconditioning, one_step_sample,
     r_from_t, sample_noise_levels, two_step_sample,
 )
-from mfd_loss.sampling import edm_sigmas, heun_sample, ode_step
+from mfd_loss.consistency.sampling import edm_sigmas, heun_sample, ode_step
 
 
 def _sigmoid(x: float) -> float:

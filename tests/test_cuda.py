@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mfd_loss import MFD, Perturbations, manifold_feature_distance
-from mfd_loss.objectives import tangent_loss
+from mfd_loss.consistency import tangent_loss
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())")]

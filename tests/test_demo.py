@@ -45,7 +45,7 @@ def test_demo_with_the_grayscale_mnist_map(capsys):
 
 
 def test_demo_images_match_the_map_channels_and_resolution():
-    from mfd_loss.demo import demo_images
+    from mfd_loss.cli.demo import demo_images
 
     digits = mfd_loss.load_sample_images("mnist")[0][:4]
     padded, text = demo_images(1, (32, 32), 4)
@@ -62,7 +62,7 @@ def test_demo_images_match_the_map_channels_and_resolution():
 
 @pytest.mark.parametrize("num_images", [0, 1, 65])
 def test_demo_rejects_a_number_of_images_it_cannot_show(num_images):
-    from mfd_loss.demo import run_demo
+    from mfd_loss.cli.demo import run_demo
 
     with pytest.raises(ValueError, match=r"num_images must lie in \[2, 64\]"):
         run_demo(num_images=num_images)
@@ -72,7 +72,7 @@ def test_packaged_mnist_sample_is_the_first_64_test_digits():
     images, labels = mfd_loss.load_sample_images("mnist")
     assert images.shape == (64, 1, 28, 28) and images.dtype == torch.uint8 and labels.shape == (64,)
     try:
-        archive = mfd_loss.datasets.load_mnist("test")
+        archive = mfd_loss.training.datasets.load_mnist("test")
     except FileNotFoundError:
         pytest.skip("the MNIST archive (../shared/data or $MFD_DATA_DIR) is absent")
     assert torch.equal(images, archive[0][:64]) and torch.equal(labels, archive[1][:64])

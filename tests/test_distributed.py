@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mfd_loss.distributed import max_over_processes
+from mfd_loss.training.distributed import max_over_processes
 
 
 def _agree(rank: int, world: int, rendezvous: str, out: str) -> None:

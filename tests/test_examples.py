@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mfd_loss import FeatureMapConfig, VGGFeatureMap, load_sample_images, save_feature_map
-from mfd_loss.checkpoint import load_checkpoint, save_checkpoint
+from mfd_loss.training.checkpoint import load_checkpoint, save_checkpoint
 from mfd_loss.perturbations import label_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_help_reads_well(capsys):
 
 
 def test_loss_choices_come_from_the_library_registry():
-    from mfd_loss.objectives import OBJECTIVES
+    from mfd_loss.consistency import OBJECTIVES
 
     for name in OBJECTIVES:
         assert example.parse_args(["--out", "x", "--loss", name]).loss == name
@@ -205,7 +205,7 @@ def test_ddp_two_processes_match_one(tmp_path):
         _training.load_images.__wrapped__("mnist", "test")
     except FileNotFoundError:
         pytest.skip("MNIST archive not available")
-    from mfd_loss.datasets import find_data_dir
+    from mfd_loss.training.datasets import find_data_dir
 
     common[-1] = str(find_data_dir())
     args = [*_args(tmp_path / "ddp", "--dataset", "mnist", *common)]

@@ -22,10 +22,11 @@ import torch
 from hub_server import FakeHub
 
 import mfd_loss
-from mfd_loss import MFD, VGGFeatureMap, hub, label_spec, pretrained, save_feature_map, serialization
+from mfd_loss import MFD, VGGFeatureMap, hub, label_spec, save_feature_map
+from mfd_loss.hub import pretrained, serialization
 from mfd_loss.cli import main as cli_main
-from mfd_loss.pretrained import PretrainedSpec, register_pretrained, unregister_pretrained
-from mfd_loss.serialization import IntegrityError
+from mfd_loss.hub.pretrained import PretrainedSpec, register_pretrained, unregister_pretrained
+from mfd_loss.hub.serialization import IntegrityError
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "org/tiny"

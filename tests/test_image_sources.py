@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mfd_loss import load_sample_images
-from mfd_loss.image_sources import (
+from mfd_loss.training.image_sources import (
     ImageFolderDataset,
     collate_images,
     load_array,
@@ -212,7 +212,7 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_default_download_dir(monkeypatch, tmp_path):
-    from mfd_loss.image_sources import default_download_dir
+    from mfd_loss.training.image_sources import default_download_dir
 
     monkeypatch.delenv("MFD_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -226,20 +226,20 @@ def test_imports_flow_one_way_from_image_sources_to_datasets():
     import ast
     import inspect
 
-    import mfd_loss.datasets
-    import mfd_loss.image_sources
+    import mfd_loss.training.datasets
+    import mfd_loss.training.image_sources
 
     def package_imports(module):
         tree = ast.parse(inspect.getsource(module))
         return {node.module or "." for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0}
 
-    assert package_imports(mfd_loss.datasets) == set()
-    assert "datasets" in package_imports(mfd_loss.image_sources)
-    assert mfd_loss.image_sources.to_model_range is mfd_loss.datasets.to_model_range
+    assert package_imports(mfd_loss.training.datasets) == set()
+    assert "datasets" in package_imports(mfd_loss.training.image_sources)
+    assert mfd_loss.training.image_sources.to_model_range is mfd_loss.training.datasets.to_model_range
 
 
 def test_tinyimagenet_archive_serves_64px_photos_with_labels():
-    from mfd_loss.datasets import find_data_dir, load_tinyimagenet
+    from mfd_loss.training.datasets import find_data_dir, load_tinyimagenet
 
     try:
         val = find_data_dir() / "tinyimagenet" / "tinyimagenet_val_jpeg.npz"

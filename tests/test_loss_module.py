@@ -279,7 +279,7 @@ import json  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mfd_loss import FeatureMapConfig, TrainConfig, VGGFeatureMap, train_feature_map  # noqa: E402
-from mfd_loss.objectives import tangent_loss  # noqa: E402
+from mfd_loss.consistency import tangent_loss  # noqa: E402
 
 
 def test_range_warning_once_per_instance_at_callers_line(tiny_map, images):

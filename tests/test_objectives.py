@@ -1,4 +1,4 @@
-"""AYT tangent loss, pseudo-Huber and the objective registry (mfd_loss.objectives)."""
+"""AYT tangent loss, pseudo-Huber and the objective registry (mfd_loss.consistency)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mfd_loss import MFD, FeatureMapConfig, VGGFeatureMap
-from mfd_loss.objectives import (
+from mfd_loss.consistency import (
     ICT_HUBER_CONSTANT, OBJECTIVES, ConsistencyObjective, TangentLoss, blend_losses, build_objective, pseudo_huber,
     ramp, squared_l2, tangent_loss,
 )
@@ -328,14 +328,14 @@ class TestBlendAndRegistry:
                               os.path.basename(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url))
         if os.path.exists(cached):
             pytest.skip("AlexNet ImageNet weights are cached here")
-        from mfd_loss.objectives import LPIPSDistance
+        from mfd_loss.consistency import LPIPSDistance
 
         with pytest.raises(RuntimeError, match="LPIPS \\(alex\\) needs torchvision's ImageNet weights.*alexnet-owt"):
             LPIPSDistance("alex", allow_download=False)
 
     def test_lpips_tangent_with_random_backbone(self, pair):
         pytest.importorskip("lpips")
-        from mfd_loss.objectives import LPIPSDistance
+        from mfd_loss.consistency import LPIPSDistance
 
         distance = LPIPSDistance("alex", pretrained_backbone=False)
         prediction, target, weight = pair

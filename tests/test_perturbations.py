@@ -686,7 +686,7 @@ def test_label_spec_records_its_pipeline_version_and_old_files_are_version_1():
 
 
 def test_shipped_maps_declare_the_pipeline_they_were_trained_with():
-    from mfd_loss.pretrained import embedded_path, get_pretrained_spec, list_pretrained
+    from mfd_loss.hub.pretrained import embedded_path, get_pretrained_spec, list_pretrained
 
     folders = [embedded_path(get_pretrained_spec(name)) for name in list_pretrained()]
     assert any(folder is not None for folder in folders)

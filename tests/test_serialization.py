@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import mfd_loss
 from mfd_loss import MFD, label_spec, load_feature_map, save_feature_map
-from mfd_loss.serialization import IntegrityError, sha256_file
+from mfd_loss.hub.serialization import IntegrityError, sha256_file
 
 SHIPPED = sorted((Path(mfd_loss.__file__).parent / "weights").glob("*/config.json"))
 

@@ -7,9 +7,9 @@ import pytest
 
 import mfd_loss
 from mfd_loss import Perturbations, load_sample_images
-from mfd_loss.pretrained import embedded_path, get_pretrained_spec
-from mfd_loss.serialization import IntegrityError, load_feature_map, sha256_file
-from mfd_loss.trainer import evaluate_feature_map
+from mfd_loss.hub.pretrained import embedded_path, get_pretrained_spec
+from mfd_loss.hub.serialization import IntegrityError, load_feature_map, sha256_file
+from mfd_loss.training import evaluate_feature_map
 
 SHIPPED = [name for name in sorted(mfd_loss.list_pretrained()) if get_pretrained_spec(name).embedded]
 
@@ -54,6 +54,16 @@ def test_model_card_states_the_measured_r2(name):
     for label, value in r2.items():
         assert f"| {label} | {value:.4f} |" in card
     assert config["recipe"]["steps_done"] > 0 and f'"steps_done": {config["recipe"]["steps_done"]}' in card
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_model_card_is_generated_by_the_template(name):
+    from mfd_loss.hub import model_card
+
+    spec = get_pretrained_spec(name)
+    card = (embedded_path(spec) / "README.md").read_text()
+    assert card == model_card(embedded_path(spec), repo_id=spec.repo_id)  # regenerate: mfd_loss.hub.write_model_card
+    assert "## Intended use and limits" in card and "## Data and terms" in card
 
 
 def test_cifar10_map_regresses_degradations_on_real_images():

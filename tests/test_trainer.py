@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-import mfd_loss.checkpoint
+import mfd_loss.training.checkpoint
 from mfd_loss import FeatureMapConfig, Perturbations, TrainConfig, load_feature_map, train_feature_map
-from mfd_loss.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from mfd_loss.trainer import evaluate_feature_map
+from mfd_loss.training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from mfd_loss.training import evaluate_feature_map
 
 TINY = FeatureMapConfig(arch="vgg11", width=0.125)
 
@@ -123,7 +123,7 @@ def test_resume_with_another_architecture_raises(tmp_path, sample_uint8):
 
 
 def test_resume_across_perturbation_pipeline_versions_is_refused(tmp_path, sample_uint8):
-    from mfd_loss.checkpoint import save_checkpoint
+    from mfd_loss.training.checkpoint import save_checkpoint
 
     run(sample_uint8, tmp_path, 2)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -200,7 +200,7 @@ def test_trainer_crash_during_checkpoint_keeps_previous(tmp_path, sample_uint8, 
         real_save({"partial": True}, f)
         raise RuntimeError("killed while writing")
 
-    monkeypatch.setattr(mfd_loss.checkpoint.torch, "save", crashing_save)
+    monkeypatch.setattr(mfd_loss.training.checkpoint.torch, "save", crashing_save)
     with pytest.raises(RuntimeError, match="killed while writing"):
         run(sample_uint8, tmp_path, 4)
     monkeypatch.undo()
@@ -220,7 +220,7 @@ def test_missing_checkpoint_is_an_error(tmp_path):
 def test_evaluation_with_a_one_image_remainder_and_mixup_on():
     """A last evaluation chunk of one image used to crash: mixup needs a partner."""
     from mfd_loss import FeatureMapConfig, Perturbations, VGGFeatureMap, load_sample_images
-    from mfd_loss.trainer import evaluate_feature_map
+    from mfd_loss.training import evaluate_feature_map
 
     images = load_sample_images()[0][:21]
     fmap = VGGFeatureMap(FeatureMapConfig(arch="vgg11", width=0.125))
@@ -280,7 +280,7 @@ def test_ramp_is_a_fraction_of_the_run():
 
 
 def test_regression_metrics_r2_values_and_undefined_labels():
-    from mfd_loss.trainer import regression_metrics
+    from mfd_loss.training import regression_metrics
 
     g = torch.Generator().manual_seed(0)
     target = torch.zeros(40, 3)

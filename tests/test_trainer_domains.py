@@ -90,7 +90,7 @@ def test_float_dataset_of_image_label_pairs_with_declared_range(tmp_path, real):
 def test_config_json_names_the_copy_of_a_named_data_set(tmp_path, real):
     """cifar10 from torchvision (lossless) and from the project archive (JPEG-decoded) are other pixels: the
     exported config.json says which was read, next to the caller's own description."""
-    from mfd_loss.image_sources import ImageTensorDataset
+    from mfd_loss.training.image_sources import ImageTensorDataset
 
     data = ImageTensorDataset(real[:16], description="cifar10 train, torchvision's CIFAR10 (lossless pixels)")
     train_feature_map(data, tmp_path, config=_config(steps=1, eval_fraction=0.0), architecture=TINY,

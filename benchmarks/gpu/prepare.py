@@ -5,7 +5,7 @@ untracked-not-ignored files) plus the folders named in the device tool's ``carry
 machine with the project's data, writes ``benchmarks/gpu/pack/`` (ignored by git):
 
 * ``data/cifar10/cifar10_train_jpeg.npz``: the first N CIFAR-10 training images in the project's archive format
-  (JPEG bytes, offsets, labels, classes; :func:`mfd_loss.datasets.load_cifar10` reads it), N as large as fits,
+  (JPEG bytes, offsets, labels, classes; :func:`mfd_loss.training.datasets.load_cifar10` reads it), N as large as fits,
   all 50,000 when they do. JPEG bytes are about 0.9 KB an image against 3 KB decoded, so the archive format
   carries over three times as many images as decoded uint8 would;
 * ``data/cifar10/cifar10_test_jpeg.npz``: the test split (all 10,000 images by default) for per-label R^2;
@@ -90,7 +90,7 @@ def smoke_archives() -> tuple[tuple, tuple]:
     import torch
     from PIL import Image
 
-    from mfd_loss.datasets import load_sample_images
+    from mfd_loss.training.datasets import load_sample_images
 
     images, labels = load_sample_images()
     variants = [images, images.flip(-1), images.flip(-2), images.flip(-1, -2)]
@@ -141,7 +141,7 @@ def prepare(pack: Path, *, data_dir: str | None, smoke: bool, margin_mib: float,
         train, test = smoke_archives()
         source = "the package's 64 CIFAR-10 test images and their flips (smoke)"
     else:
-        from mfd_loss.datasets import find_data_dir
+        from mfd_loss.training.datasets import find_data_dir
 
         folder = find_data_dir(data_dir) / "cifar10"
         test = prefix(folder / "cifar10_test_jpeg.npz", count=test_images)

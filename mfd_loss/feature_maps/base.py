@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_images
-from ..hub_mixin import FeatureMapHubMixin
-from ..serialization import register_architectures
+from ..hub.mixin import FeatureMapHubMixin
+from ..hub.serialization import register_architectures
 from .config import FeatureMapConfig
 
 __all__ = ["TapFeatureMap", "scaled"]

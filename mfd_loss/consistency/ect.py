@@ -14,7 +14,7 @@ The setting AYT trains in (METHOD.md Sec. 5; Geng et al. 2024, "Consistency Mode
                               boundary condition holds at sigma = 0.
 * diffusion pre-training      sigma = exp(N(-1.2, 1.2^2)), loss weight (sigma^2 + s_d^2) / (sigma s_d)^2 (EDM Sec. 5):
                               the denoiser that consistency tuning starts from and distillation learns from
-* distillation target         x_r = one teacher ODE step from t to r (Heun or Euler, :mod:`mfd_loss.sampling`), then
+* distillation target         x_r = one teacher ODE step from t to r (Heun or Euler, :mod:`mfd_loss.consistency.sampling`), then
                               D_theta(x_r, r) under stop-gradient (Song et al. 2023, Sec. 4)
 * sampling                    1 step: D(sigma_max * z, sigma_max); 2 steps: x = D(sigma_max * z, sigma_max), then
                               D(x + sigma_mid * z', sigma_mid) with sigma_mid = 0.821 (ECT's CIFAR-10 setting;
@@ -321,13 +321,13 @@ def distillation_target(
         x_t: (N, C, H, W) noisy inputs at level t.
         t: (N,) positive levels.
         r: (N,) levels with 0 <= r < t.
-        solver: ``"heun"`` (Song et al. 2023) or ``"euler"`` (see :func:`mfd_loss.sampling.ode_step`).
+        solver: ``"heun"`` (Song et al. 2023) or ``"euler"`` (see :func:`mfd_loss.consistency.sampling.ode_step`).
 
     Returns:
         float32 (N, C, H, W) target, without gradient.
 
     Raises:
-        ValueError: unknown solver or invalid levels (from :func:`mfd_loss.sampling.ode_step`).
+        ValueError: unknown solver or invalid levels (from :func:`mfd_loss.consistency.sampling.ode_step`).
 
     References:
         Song et al. 2023, "Consistency Models", Algorithm 2 (consistency distillation) and Sec. 4.

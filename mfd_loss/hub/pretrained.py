@@ -3,7 +3,7 @@
 One registry maps each name to a frozen :class:`PretrainedSpec` (Hub repo id, pinned revision, SHA-256,
 embedded copy, data it was trained on). A name resolves, in this order, to the copy embedded in the package
 (no network at all), the copy in the local Hugging Face Hub cache (no network), then a download of the
-pinned revision (:mod:`mfd_loss.hub_download`); the file's SHA-256 is checked before it is read, and a mismatching
+pinned revision (:mod:`mfd_loss.hub.download`); the file's SHA-256 is checked before it is read, and a mismatching
 file is never loaded. ``"org/repo"`` and ``"org/repo@revision"`` load any published map from the Hub; a
 local folder or ``.safetensors`` file is loaded directly, with no network call.
 
@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from . import hub_download as hub
+from .download import corrupted_message, download_folder, is_offline, is_repo_ref, parse_repo_ref, verify_hub_file
 from .serialization import WEIGHTS_NAME, IntegrityError, load_feature_map, sha256_file
 
 __all__ = ["PretrainedSpec", "ResolvedPretrained", "PretrainedReference", "LoadedPretrained", "register_pretrained",
@@ -71,7 +71,7 @@ def register_pretrained(spec: PretrainedSpec) -> PretrainedSpec:
         raise ValueError(f"a pretrained feature map named {spec.name!r} is already registered")
     if "/" in spec.name or "@" in spec.name:
         raise ValueError(f"registry names cannot contain '/' or '@' (they would read as a Hub repo): {spec.name!r}")
-    hub.parse_repo_ref(spec.repo_id)
+    parse_repo_ref(spec.repo_id)
     if len(spec.sha256) != 64 or spec.sha256.strip("0123456789abcdef"):
         raise ValueError(f"{spec.name}: sha256 must be 64 lowercase hex digits, got {spec.sha256!r}")
     if not spec.revision or "@" in spec.revision:
@@ -181,21 +181,21 @@ def resolve_pretrained(
             return ResolvedPretrained(path=local, source="embedded", **pinned)
         if not force_download:
             try:
-                folder = hub.download_folder(spec.repo_id, revision=spec.revision, local_files_only=True, **options)
+                folder = download_folder(spec.repo_id, revision=spec.revision, local_files_only=True, **options)
                 return ResolvedPretrained(path=folder, source="cache", **pinned)
             except FileNotFoundError:
-                if local_files_only or hub.is_offline():
+                if local_files_only or is_offline():
                     raise FileNotFoundError(
                         f"the pretrained map {spec.name!r} ({spec.repo_id}@{spec.revision}) has no embedded copy in "
                         "this installation and is not in the local Hub cache, and downloads are disabled "
                         "(HF_HUB_OFFLINE=1 or local_files_only=True); run `mfd-loss download "
                         f"{spec.name}` once with network access, or pass a local folder as pretrained=PATH") from None
-        folder = hub.download_folder(spec.repo_id, revision=spec.revision, local_files_only=local_files_only,
+        folder = download_folder(spec.repo_id, revision=spec.revision, local_files_only=local_files_only,
                                      force_download=force_download, **options)
         return ResolvedPretrained(path=folder, source="hub", **pinned)
-    if hub.is_repo_ref(ref):
-        repo_id, ref_revision = hub.parse_repo_ref(ref)
-        folder = hub.download_folder(repo_id, revision=revision or ref_revision, local_files_only=local_files_only,
+    if is_repo_ref(ref):
+        repo_id, ref_revision = parse_repo_ref(ref)
+        folder = download_folder(repo_id, revision=revision or ref_revision, local_files_only=local_files_only,
                                      force_download=force_download, **options)
         return ResolvedPretrained(path=folder, source="hub", repo_id=repo_id, revision=folder.name)
     if any(sep in ref for sep in ("/", "\\")) or ref.startswith((".", "~")) or ref.endswith(".safetensors"):
@@ -322,10 +322,10 @@ def _open_resolved(found: ResolvedPretrained) -> LoadedPretrained:
     weights = found.path / WEIGHTS_NAME
     ref = found.name or f"{found.repo_id}@{found.revision}"
     try:
-        sha256 = found.expected_sha256 or hub.verify_hub_file(weights)
+        sha256 = found.expected_sha256 or verify_hub_file(weights)
         feature_map, config = load_feature_map(found.path, expected_sha256=found.expected_sha256)
     except IntegrityError as err:
-        raise IntegrityError(hub.corrupted_message(weights, ref, str(err))) from None
+        raise IntegrityError(corrupted_message(weights, ref, str(err))) from None
     except ValueError as err:
         raise ValueError(f"{ref} ({found.path}): {err}") from None
     sha256 = sha256 or config.get("weights_sha256") or sha256_file(weights)

@@ -3,7 +3,7 @@ samples.
 
 Images are returned as uint8 tensors (N, C, H, W) in [0, 255]; :func:`to_model_range` maps them to the
 [-1, 1] range every feature map and the distance take. This module imports nothing else of the package;
-:mod:`mfd_loss.image_sources` (every kind of user data) builds on it.
+:mod:`mfd_loss.training.image_sources` (every kind of user data) builds on it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` for feature maps and the MFD loss.
 
 The methods follow ``huggingface_hub.PyTorchModelHubMixin`` (same files, same call pattern); loading goes
-through :func:`mfd_loss.pretrained.open_pretrained` (strict, safetensors-only, hash-checked), saving through
-:func:`mfd_loss.serialization.save_feature_map`, publishing through :func:`mfd_loss.hub_publish.push_folder`.
+through :func:`mfd_loss.hub.pretrained.open_pretrained` (strict, safetensors-only, hash-checked), saving through
+:func:`mfd_loss.hub.serialization.save_feature_map`, publishing through :func:`mfd_loss.hub.publish.push_folder`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .hub_publish import push_folder
+from .publish import push_folder
 from .model_card import write_model_card
-from .perturbations import LabelSpec, label_spec as make_spec
+from ..perturbations import LabelSpec, label_spec as make_spec
 from .pretrained import LoadedPretrained, open_pretrained
 from .serialization import save_feature_map
 

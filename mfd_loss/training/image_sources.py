@@ -3,7 +3,7 @@
 Every source becomes a ``torch.utils.data.Dataset`` whose items are single images (C, H, W); batches
 are assembled by :func:`collate_images`, which accepts the item types people have (uint8 or float tensors,
 numpy arrays in HWC or HW layout, PIL images, and ``(image, label)`` tuples) and raises a clear error
-for mixed sizes. :func:`to_model_range` (from :mod:`mfd_loss.datasets`, on which this module builds) maps a
+for mixed sizes. :func:`to_model_range` (from :mod:`mfd_loss.training.datasets`, on which this module builds) maps a
 batch from its declared value range to [-1, 1].
 """
 
@@ -150,7 +150,7 @@ def open_image_source(
     Args:
         source: one of
             - ``"cifar10"`` / ``"mnist"`` / ``"tinyimagenet"``: the project's archives (see
-              :mod:`mfd_loss.datasets`); without them, torchvision's copy of CIFAR-10 / MNIST under ``root``
+              :mod:`mfd_loss.training.datasets`); without them, torchvision's copy of CIFAR-10 / MNIST under ``root``
               (default :func:`default_download_dir`), downloaded when absent;
             - ``"torchvision:NAME"`` (e.g. ``"torchvision:CIFAR100"``, ``"torchvision:FashionMNIST"``): a
               torchvision data set class, stored under ``root`` (downloaded there when ``download=True``

@@ -10,7 +10,7 @@ and nothing is loaded.
 This module holds the file format only and imports no network code: the feature-map classes register the
 architectures they build (:func:`register_architectures`, called by
 :class:`~mfd_loss.feature_maps.TapFeatureMap` subclasses), so imports flow one way
-(``serialization`` <- ``hub_download`` <- ``pretrained`` <- ``hub_mixin`` <- ``feature_maps`` <- ``loss``).
+(``serialization`` <- ``download`` <- ``pretrained`` <- ``mixin`` <- ``mfd_loss.feature_maps`` <- ``mfd_loss.loss``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import atomic_write
-from .perturbations import LabelSpec
+from .._io import atomic_write
+from ..perturbations import LabelSpec
 
 __all__ = ["SCHEMA_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "IntegrityError", "sha256_file", "dumps_config",
            "read_config", "save_feature_map", "load_feature_map", "register_architectures", "check_finite_weights"]

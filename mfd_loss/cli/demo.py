@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import load_sample_images, to_model_range
-from .diagnostics import loss_gradient, parallel_energy_fraction
-from .loss import ManifoldFeatureDistance
-from .perturbations import Perturbations
+from ..training.datasets import load_sample_images, to_model_range
+from ..diagnostics import loss_gradient, parallel_energy_fraction
+from ..loss import ManifoldFeatureDistance
+from ..perturbations import Perturbations
 
 __all__ = ["run_demo", "demo_images"]
 

@@ -19,7 +19,7 @@ class StopRequested:
 
     The previous handlers come back on exit. Outside the main thread (where Python cannot install signal
     handlers) it does nothing and :attr:`flag` stays False. Combine the flag of every process with
-    :func:`mfd_loss.distributed.max_over_processes` so all processes of a DDP run stop at the same step.
+    :func:`mfd_loss.training.distributed.max_over_processes` so all processes of a DDP run stop at the same step.
     """
 
     def __init__(self) -> None:

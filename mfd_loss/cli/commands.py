@@ -16,8 +16,8 @@ import textwrap
 import warnings
 from typing import Any, Sequence
 
-from . import demo, hub_cli
-from .interrupt import exit_status
+from . import demo, hub as hub_cli
+from ..training.interrupt import exit_status
 
 __all__ = ["main", "build_parser", "train_settings"]
 
@@ -90,7 +90,7 @@ def _wrap(text: str) -> str:
 
 
 def _recipe_help(field: str, text: str) -> str:
-    from .trainer import RECIPES, recipe_settings
+    from ..training.config import RECIPES, recipe_settings
 
     values = {name: "unset" if (v := recipe_settings(name)[field]) is None else v for name in RECIPES}
     if len({repr(v) for v in values.values()}) == 1:
@@ -99,7 +99,7 @@ def _recipe_help(field: str, text: str) -> str:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .trainer import RECIPES
+    from ..training.config import RECIPES
 
     p = sub.add_parser(
         "train",
@@ -155,9 +155,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def train_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """(TrainConfig, FeatureMapConfig) of parsed ``train`` arguments: the recipe's values, overridden by every
     option given explicitly."""
-    from .feature_maps import FeatureMapConfig
-    from .perturbations import PRESETS
-    from .trainer import TrainConfig, recipe_settings
+    from ..feature_maps import FeatureMapConfig
+    from ..perturbations import PRESETS
+    from ..training.config import TrainConfig, recipe_settings
 
     settings = recipe_settings(args.recipe)
     settings.update({k: getattr(args, k) for k in _RECIPE_OPTIONS if getattr(args, k) is not None})
@@ -175,10 +175,10 @@ def train_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 def _run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .trainer import train_feature_map
+    from ..training.loop import train_feature_map
 
     config, architecture = train_settings(args)
-    from .datasets import ARCHIVES
+    from ..training.datasets import ARCHIVES
 
     eval_data = args.eval_data or (args.data if args.data in ARCHIVES else None)
     dataset = {"name": args.data, "split": "train",
@@ -205,7 +205,7 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"mfd-loss train: stopped at step {summary['step']} (--max-minutes); rerun the same command to "
                   "resume", file=sys.stderr)
         elif args.push_to_hub:
-            from .hub_publish import push_folder
+            from ..hub.publish import push_folder
 
             commit = push_folder(args.out, args.push_to_hub)
             print(json.dumps({"pushed": args.push_to_hub, "revision": getattr(commit, "oid", None)}))
@@ -232,8 +232,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .image_sources import collate_images, open_image_source
-    from .trainer import export_run
+    from ..training.image_sources import collate_images, open_image_source
+    from ..training.export import export_run
 
     eval_images, eval_name = None, None
     if args.data:
@@ -294,6 +294,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         warnings.formatwarning = previous
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

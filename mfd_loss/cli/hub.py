@@ -69,7 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args: argparse.Namespace, force: bool = False):
-    from .pretrained import _load_resolved, resolve_pretrained
+    from ..hub.pretrained import _load_resolved, resolve_pretrained
 
     found = resolve_pretrained(args.ref, revision=args.revision, cache_dir=args.cache_dir,
                                local_files_only=args.local_files_only, token=args.token, force_download=force)
@@ -78,7 +78,7 @@ def _resolve(args: argparse.Namespace, force: bool = False):
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from .serialization import WEIGHTS_NAME, sha256_file
+    from ..hub.serialization import WEIGHTS_NAME, sha256_file
 
     found, _ = _resolve(args, force=args.force)
     weights = found.path / WEIGHTS_NAME if found.path.is_dir() else found.path
@@ -89,8 +89,8 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub_publish import push_folder
-    from .serialization import WEIGHTS_NAME, sha256_file
+    from ..hub.publish import push_folder
+    from ..hub.serialization import WEIGHTS_NAME, sha256_file
 
     info = push_folder(args.dir, args.repo_id, token=args.token, private=True if args.private else None,
                        branch=args.branch, commit_message=args.message, create_pr=args.create_pr,
@@ -105,7 +105,7 @@ def _run_push(args: argparse.Namespace) -> int:
 
 
 def _summary(found: Any, config: dict[str, Any]) -> dict[str, Any]:
-    from .serialization import WEIGHTS_NAME, sha256_file
+    from ..hub.serialization import WEIGHTS_NAME, sha256_file
 
     weights = found.path / WEIGHTS_NAME if found.path.is_dir() else found.path
     spec = config.get("label_spec", {})
@@ -121,7 +121,7 @@ def _summary(found: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .trainer import format_r2
+    from ..training.evaluation import format_r2
 
     found, config = _resolve(args)
     info = _summary(found, config)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .hub_download import hf_module, library_version, parse_repo_ref
+from .download import hf_module, library_version, parse_repo_ref
 from .model_card import model_card
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, load_feature_map
 
