@@ -29,7 +29,7 @@ from .training.loop import train_feature_map
 from . import consistency, diagnostics
 from .consistency.losses import TangentLoss, pseudo_huber, tangent_loss
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "ManifoldFeatureDistance",
