@@ -222,8 +222,8 @@ def continuous_consistency_loss(
         sigma: (N,) positive noise levels (EDM sigma).
         velocity: (N, C, H, W) dx/dsigma of the probability-flow ODE at x: :func:`teacher_velocity` for
             distillation, eps for consistency training.
-        distance: an :class:`~mfd_loss.MFD` (Phi = its map's taps; best built with ``validate_args=False``
-            for graph capture), or None for the pixel-space (sCM-style) objective.
+        distance: an :class:`~mfd_loss.MFD` (Phi = its map's taps, through the MFD's input handling; its own
+            value checks are not run), or None for the pixel-space (sCM-style) objective.
         weight: (N,) per-sample weights w_b; None uses 1 / sigma.
         c: the rms floor of the tangent normalisation (0.1 as in sCM and the authors' code).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (N,).
