@@ -6,8 +6,9 @@ are those of ``examples/train_consistency_model.py`` (D_t with grad, D_r without
 draw, the objective, backward); the continuous ones one ``torch.func.jvp`` through the model (and the MFD's
 feature map) without grad, one forward with grad and the backward. The cases run in rotating order within
 each round, so drifts of a shared machine hit them alike; a case's time is the median over rounds of its mean
-step time, and its ratio to the discrete AYT step is the median of the per-round ratios. Peak memory is
-recorded on CUDA only.
+step time, and its ratio to the discrete AYT step is the median of the per-round ratios. The U-Net's no-grad
+forward and its no-grad JVP along (eps, 1) are timed alone as well: their ratio is what the JVP costs. Peak
+memory is recorded on CUDA only.
 
     python benchmarks/continuous_time.py --threads 1 --clock cpu     # tiny U-Net on a CPU, about a minute
     python benchmarks/continuous_time.py --device cuda --channels 128 --channel-mult 2,2,2 --num-blocks 4 --batch-size 128
@@ -41,8 +42,9 @@ from mfd_loss.continuous_time import ContinuousConsistencyLoss  # noqa: E402
 from mfd_loss.datasets import to_model_range  # noqa: E402
 from mfd_loss.objectives import build_objective  # noqa: E402
 
-CASES = ("discrete AYT (MFD)", "discrete pseudo-Huber (ECT)", "continuous MFD", "continuous pixel (sCM-style)")
-BASELINE = CASES[0]
+CASES = ("discrete AYT (MFD)", "discrete pseudo-Huber (ECT)", "continuous MFD", "continuous pixel (sCM-style)",
+         "U-Net forward, no grad", "U-Net JVP, no grad")
+BASELINE, FORWARD = CASES[0], CASES[4]
 
 
 def steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[[], None]]:
@@ -75,9 +77,17 @@ def steps(args: argparse.Namespace, device: torch.device) -> dict[str, Callable[
         model.zero_grad(set_to_none=True)
         loss_fn(model, x_t, t, eps).loss.backward()
 
+    def forward() -> None:
+        with torch.no_grad():
+            model(x_t, t)
+
+    def jvp() -> None:
+        with torch.no_grad():
+            torch.func.jvp(model, (x_t, t), (eps, torch.ones_like(t)))
+
     out = {name: (lambda o=o: discrete_step(o)) for name, o in discrete.items()}
     out.update({name: (lambda f=f: continuous_step(f)) for name, f in continuous.items()})
-    return out
+    return {**out, FORWARD: forward, CASES[5]: jvp}
 
 
 def _sync(device: torch.device) -> None:
@@ -86,7 +96,8 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Per case: median ms/step over rounds, median per-round ratio to the discrete AYT step, peak memory."""
+    """Per case: median ms/step over rounds, median per-round ratios to the discrete AYT step and to the U-Net's
+    no-grad forward, peak memory."""
     cases = steps(args, device)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in CASES}
@@ -110,8 +121,10 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, An
     rows = []
     for name in CASES:
         ratios = [a / b for a, b in zip(times[name], times[BASELINE])]
+        forwards = [a / b for a, b in zip(times[name], times[FORWARD])]
         rows.append({"case": name, "ms_per_step": 1000 * statistics.median(times[name]),
-                     "ratio_to_discrete_ayt": statistics.median(ratios), "rounds_ms": [1000 * v for v in times[name]],
+                     "ratio_to_discrete_ayt": statistics.median(ratios),
+                     "ratio_to_forward": statistics.median(forwards), "rounds_ms": [1000 * v for v in times[name]],
                      "peak_mem_mb": round(peaks[name], 1) if name in peaks else None})
     return rows
 
@@ -153,8 +166,9 @@ def main(argv=None) -> dict[str, Any]:
                "method": __doc__.split("\n\n")[1].replace("\n", " "), "rows": rows,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json(out, payload)
-    text = markdown_table(["case", "ms/step", "x discrete AYT", "peak MB"],
+    text = markdown_table(["case", "ms/step", "x discrete AYT", "x U-Net forward", "peak MB"],
                           [[r["case"], f"{r['ms_per_step']:.1f}", f"{r['ratio_to_discrete_ayt']:.2f}",
+                            f"{r['ratio_to_forward']:.2f}",
                             r["peak_mem_mb"] if r["peak_mem_mb"] is not None else "–"] for r in rows])
     env = payload["environment"]
     head = (f"{env['device_name']} ({device}), fp32, {env['torch_threads']} thread(s), {args.clock} clock, batch "
