@@ -32,6 +32,7 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .distance import REDUCTIONS, _to_resolution, check_pair, reduce
 from .loss import ManifoldFeatureDistance
@@ -204,7 +205,10 @@ def continuous_consistency_loss(
 
     1. Under ``torch.no_grad`` and a forked RNG, ``torch.func.jvp`` of (x, sigma) -> Phi(model(x, sigma)) at
        (x, sigma) along (velocity, 1) gives the feature tangent T (N, P). The RNG (CPU and x's device) is then
-       restored, so the prediction below draws the same dropout masks as the JVP did.
+       restored, so the prediction below draws the same dropout masks as the JVP did. This pass runs
+       ``F.scaled_dot_product_attention`` on its math backend, the only one with forward-mode AD (PyTorch's
+       flash and memory-efficient kernels raise NotImplementedError under ``jvp``); the prediction keeps the
+       host's choice.
     2. prediction = model(x, sigma) with grad; the loss's gradient w.r.t. it is w_b J_Phi^T T^_b / B
        (``reduction="mean"``), T^_b = T_b / (rms(T_b) + c); its value is the reduced ||T_b||_2.
 
@@ -216,8 +220,8 @@ def continuous_consistency_loss(
 
     Args:
         model: the consistency model f(x, sigma) -> (N, C, H, W), e.g. an :class:`~mfd_loss.consistency.EDMDenoiser`
-            in train mode; it must be JVP-safe (no in-place op on an input, no ``.item()``). Attention layers
-            need a JVP-capable kernel (PyTorch's math SDPA is; see docs/consistency.md).
+            in train mode; it must be JVP-safe (no in-place op on an input, no ``.item()``). Attention outside
+            ``F.scaled_dot_product_attention`` (xformers, flash-attn) needs a kernel with a JVP of its own.
         x: (N, C, H, W) noisy inputs x_sigma = x0 + sigma eps.
         sigma: (N,) positive noise levels (EDM sigma).
         velocity: (N, C, H, W) dx/dsigma of the probability-flow ODE at x: :func:`teacher_velocity` for
@@ -256,7 +260,8 @@ def continuous_consistency_loss(
     _check(x, sigma, velocity, weight, c, reduction, validate_args)
     x, velocity, sigma = x.detach(), velocity.detach().to(x.dtype), sigma.detach()
     devices = [] if x.device.type == "cpu" else [x.device]
-    with torch.no_grad(), torch.random.fork_rng(devices, device_type=x.device.type if devices else "cuda"):
+    rng = torch.random.fork_rng(devices, device_type=x.device.type if devices else "cuda")
+    with torch.no_grad(), rng, sdpa_kernel(SDPBackend.MATH):  # the one SDPA backend with forward-mode AD
         _, tangent = torch.func.jvp(lambda x_, s_: feature_vector(distance, model(x_, s_)), (x, sigma),
                                     (velocity, torch.ones_like(sigma)))
     prediction = model(x, sigma)

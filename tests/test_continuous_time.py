@@ -55,6 +55,12 @@ def _batch(images: torch.Tensor, dtype: torch.dtype = torch.float64, n: int = 3,
     return x0, sigma, eps
 
 
+# Finite-difference steps in float64 (fixed seeds throughout): a difference that crosses a ReLU / max-pool kink
+# of a map is meaningless, so the maps alone take a step of 1e-7 (rounding error ~1e-9 relative, kinks rarely
+# crossed: 1e-6 crossed one for 2 of 12 random ResNets); the U-Net objective, with larger values, 1e-6.
+H = 1e-7
+
+
 def _central_difference(fn, x: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
     """d/dsigma fn(x + (s - sigma) v, s) at s = sigma, by a central difference (float64)."""
     with torch.no_grad():
@@ -65,7 +71,9 @@ def _central_difference(fn, x: torch.Tensor, sigma: torch.Tensor, v: torch.Tenso
 def _components(dtype):
     """(name, function of one image batch, input channels): the shipped maps, other map families, the MFD
     (both forms, with and without value checks), the example U-Net."""
-    resnet = ResNetFeatureMap(FeatureMapConfig(arch="resnet10", width=0.125, num_labels=7))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        resnet = ResNetFeatureMap(FeatureMapConfig(arch="resnet10", width=0.125, num_labels=7))
     losses = [(f"shipped-{name}", MFD(pretrained=name)) for name in sorted(mfd_loss.list_pretrained())]
     losses.append(("resnet10", MFD(pretrained=None, feature_map=resnet)))
     out = [(name, lambda x, m=m.to(dtype): feature_vector(m, x), m.feature_map.config.in_channels)
@@ -93,7 +101,7 @@ def test_jvp_equals_reverse_mode_and_finite_difference(dtype):
         assert _rel(forward, reverse) < (1e-10 if dtype == torch.float64 else 1e-4), name
         if dtype == torch.float64:
             with torch.no_grad():
-                difference = (fn(x + 1e-6 * v) - fn(x - 1e-6 * v)) / 2e-6
+                difference = (fn(x + H * v) - fn(x - H * v)) / (2 * H)
             assert _rel(forward, difference) < 1e-6, name
 
 
@@ -253,6 +261,20 @@ def test_dropout_draw_is_shared_between_the_jvp_and_the_prediction(images):
     assert torch.equal(out.prediction.detach(), reference)
     assert _rel(out.tangent_norm, tangent.norm(dim=1)) < 1e-6
     assert _rel(_prediction_grad(out), _expected_grad(distance, reference, tangent, 1 / sigma)) < 1e-6
+
+
+def test_the_jvp_runs_attention_on_the_math_backend(images):
+    """PyTorch's flash / memory-efficient SDPA kernels have no forward-mode AD: the JVP pass must select the
+    math backend, and the prediction pass must get the host's settings back."""
+    seen = []
+
+    def model(x, sigma):
+        seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()))
+        return x / (1 + sigma[:, None, None, None] ** 2)
+
+    x = images[:2]
+    continuous_consistency_loss(model, x, torch.tensor([0.5, 1.0]), torch.ones_like(x), None)
+    assert seen == [(False, False), (True, True)]
 
 
 def test_host_tangent_recipe_equals_the_full_objective(images):
