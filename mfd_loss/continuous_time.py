@@ -116,13 +116,14 @@ def teacher_velocity(teacher: Model, x: Tensor, sigma: Tensor) -> Tensor:
 
 
 def _check(x: Tensor, sigma: Tensor, velocity: Tensor, weight: Tensor | None, c: float, reduction: str,
-           validate_args: bool) -> None:
+           validate_args: bool, names: tuple[str, str] = ("x", "velocity")) -> None:
     """Shapes always (metadata only); with ``validate_args`` also sigma > 0 and finite inputs (one sync)."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise ValueError(f"x must be a floating (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(f"{names[0]} must be a floating (N, C, H, W) tensor, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
     if not isinstance(velocity, Tensor) or velocity.shape != x.shape:
-        raise ValueError(f"velocity must have x's shape {tuple(x.shape)} (dx/dsigma of the ODE), got "
-                         f"{tuple(getattr(velocity, 'shape', ()))}")
+        raise ValueError(f"{names[1]} must have {names[0]}'s shape {tuple(x.shape)} (a derivative along the ODE), "
+                         f"got {tuple(getattr(velocity, 'shape', ()))}")
     for name, value in (("sigma", sigma), ("weight", weight)):
         if value is not None and (not isinstance(value, Tensor) or value.shape != x.shape[:1]):
             raise ValueError(f"{name} must be a tensor of shape (N,) = ({x.shape[0]},), got "
@@ -136,7 +137,7 @@ def _check(x: Tensor, sigma: Tensor, velocity: Tensor, weight: Tensor | None, c:
             raise ValueError("sigma must be positive: the objective weights by 1 / sigma and the ODE starts at "
                              "sigma > 0 (sample it log-normally, e.g. mfd_loss.consistency.sample_noise_levels)")
         if not bool(torch.isfinite(x).all() & torch.isfinite(velocity).all()):
-            raise ValueError("x or velocity contains NaN or Inf values")
+            raise ValueError(f"{names[0]} or {names[1]} contains NaN or Inf values")
 
 
 def _surrogate(features: Tensor, tangent: Tensor, weight: Tensor, c: float, reduction: str) -> tuple[Tensor, Tensor]:
@@ -158,6 +159,7 @@ def feature_tangent_loss(
     weight: Tensor | None = None,
     c: float = TANGENT_C,
     reduction: str = "mean",
+    validate_args: bool = True,
 ) -> ContinuousOutput:
     """The objective for a host that already computes the pixel tangent df/dsigma (e.g. an sCM code base).
 
@@ -173,14 +175,18 @@ def feature_tangent_loss(
         weight: (N,) per-sample weights w_b; None uses 1 / sigma (METHOD.md Sec. 5b).
         c: the rms floor of the tangent normalisation (> 0).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate_args: check sigma > 0 and finite prediction and tangent (one host synchronisation).
 
     Returns:
         :class:`ContinuousOutput` (its ``prediction`` is the one passed in).
 
     Raises:
-        ValueError / TypeError: see :func:`continuous_consistency_loss`.
+        ValueError: prediction not a floating (N, ...) tensor, tangent not shaped like it, sigma or weight not
+            (N,), c <= 0, unknown reduction, shapes the MFD cannot serve; with ``validate_args``, sigma <= 0 or
+            non-finite values.
+        TypeError: ``distance`` is neither an MFD nor None.
     """
-    _check(prediction, sigma, tangent, weight, c, reduction, validate_args=False)
+    _check(prediction, sigma, tangent, weight, c, reduction, validate_args, names=("prediction", "tangent"))
     with torch.no_grad():
         _, feature_tangent = torch.func.jvp(lambda y: feature_vector(distance, y), (prediction.detach(),),
                                             (tangent.detach().to(prediction.dtype),))
@@ -221,7 +227,10 @@ def continuous_consistency_loss(
     Args:
         model: the consistency model f(x, sigma) -> (N, C, H, W), e.g. an :class:`~mfd_loss.consistency.EDMDenoiser`
             in train mode; it must be JVP-safe (no in-place op on an input, no ``.item()``). Attention outside
-            ``F.scaled_dot_product_attention`` (xformers, flash-attn) needs a kernel with a JVP of its own.
+            ``F.scaled_dot_product_attention`` (xformers, flash-attn) needs a kernel with a JVP of its own. A
+            ``DistributedDataParallel`` model works: the JVP runs through its ``.module`` (DDP's buffer broadcast
+            is an in-place copy that ``torch.func`` refuses), the prediction through the wrapper, which
+            all-reduces the gradients.
         x: (N, C, H, W) noisy inputs x_sigma = x0 + sigma eps.
         sigma: (N,) positive noise levels (EDM sigma).
         velocity: (N, C, H, W) dx/dsigma of the probability-flow ODE at x: :func:`teacher_velocity` for
@@ -259,10 +268,12 @@ def continuous_consistency_loss(
         sigma = sigma.expand(x.shape[:1])
     _check(x, sigma, velocity, weight, c, reduction, validate_args)
     x, velocity, sigma = x.detach(), velocity.detach().to(x.dtype), sigma.detach()
+    # DDP's forward broadcasts buffers in place, which torch.func forbids: the JVP runs through the wrapped module
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     devices = [] if x.device.type == "cpu" else [x.device]
     rng = torch.random.fork_rng(devices, device_type=x.device.type if devices else "cuda")
     with torch.no_grad(), rng, sdpa_kernel(SDPBackend.MATH):  # the one SDPA backend with forward-mode AD
-        _, tangent = torch.func.jvp(lambda x_, s_: feature_vector(distance, model(x_, s_)), (x, sigma),
+        _, tangent = torch.func.jvp(lambda x_, s_: feature_vector(distance, inner(x_, s_)), (x, sigma),
                                     (velocity, torch.ones_like(sigma)))
     prediction = model(x, sigma)
     loss, norm = _surrogate(feature_vector(distance, prediction), tangent, 1.0 / sigma if weight is None else weight,

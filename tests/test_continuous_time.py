@@ -335,3 +335,5 @@ def test_bad_input_raises_clear_errors(images):
         continuous_consistency_loss(model, x, sigma, x, None, c=0.0)
     with pytest.raises(TypeError, match="MFD or None"):
         ContinuousConsistencyLoss(nn.MSELoss())
+    with pytest.raises(ValueError, match="tangent must have prediction's shape"):
+        feature_tangent_loss(x, x[:, :1], sigma, None)
