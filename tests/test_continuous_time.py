@@ -317,6 +317,11 @@ def test_feature_vector_is_what_the_squared_mfd_compares(images):
         expected = mfd(x, y)
         got = (feature_vector(mfd, x) - feature_vector(mfd, y)).pow(2).sum(1)
     assert _rel(got, expected) < 1e-12
+    tiles = MFD(pretrained=None, feature_map=make_tiny_map(seed=1), distance="squared", resize="tiles").double()
+    x, y = images[:4].double().reshape(2, 3, 64, 32), images[4:8].double().reshape(2, 3, 64, 32)  # 2 tiles each
+    with torch.no_grad():  # the MFD averages its tiles' distances; Phi holds every tile of its sample
+        got = (feature_vector(tiles, x) - feature_vector(tiles, y)).pow(2).sum(1)
+        assert _rel(got, 2 * tiles(x, y)) < 1e-12
 
 
 def test_bad_input_raises_clear_errors(images):
