@@ -38,9 +38,8 @@ from unet import UNet  # noqa: E402
 
 from mfd_loss import MFD, load_sample_images  # noqa: E402
 from mfd_loss.consistency import EDMDenoiser, consistency_weight, r_from_t, sample_noise_levels  # noqa: E402
-from mfd_loss.continuous_time import ContinuousConsistencyLoss  # noqa: E402
-from mfd_loss.datasets import to_model_range  # noqa: E402
-from mfd_loss.objectives import build_objective  # noqa: E402
+from mfd_loss.consistency import ContinuousConsistencyLoss, build_objective  # noqa: E402
+from mfd_loss.training import to_model_range  # noqa: E402
 
 CASES = ("discrete AYT (MFD)", "discrete pseudo-Huber (ECT)", "continuous MFD", "continuous pixel (sCM-style)",
          "U-Net forward, no grad", "U-Net JVP, no grad")

@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from mfd_loss import MFD
-from mfd_loss.consistency import sample_noise_levels
-from mfd_loss.continuous_time import TANGENT_C, ContinuousConsistencyLoss, teacher_velocity
+from mfd_loss.consistency import TANGENT_C, ContinuousConsistencyLoss, sample_noise_levels, teacher_velocity
 
 OBJECTIVES = ("discrete", "continuous")
 CONTINUOUS_LOSSES = ("mfd", "l2")

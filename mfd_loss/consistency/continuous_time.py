@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .distance import REDUCTIONS, _to_resolution, check_pair, reduce
-from .loss import ManifoldFeatureDistance
+from ..distance import REDUCTIONS, _to_resolution, check_pair, reduce
+from ..loss import ManifoldFeatureDistance
 
 __all__ = ["TANGENT_C", "ContinuousOutput", "feature_vector", "teacher_velocity", "feature_tangent_loss",
            "continuous_consistency_loss", "ContinuousConsistencyLoss"]
