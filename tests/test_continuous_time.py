@@ -277,6 +277,22 @@ def test_the_jvp_runs_attention_on_the_math_backend(images):
     assert seen == [(False, False), (True, True)]
 
 
+def test_autocast_prediction_with_a_float32_tangent(images):
+    """Under the host's bf16 autocast the JVP pass runs in float32 (PyTorch's forward-mode AD fails under autocast
+    where GroupNorm feeds a convolution, as in the U-Net): the tangent equals the float32 one, the prediction is
+    bf16-computed, the gradient finite."""
+    model = _unet_denoiser(torch.float32).eval()
+    x0, sigma, eps = _batch(images, torch.float32)
+    x = x0 + sigma[:, None, None, None] * eps
+    single = continuous_consistency_loss(model, x, sigma, eps, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = continuous_consistency_loss(model, x, sigma, eps, None)
+    torch.testing.assert_close(mixed.tangent_norm, single.tangent_norm, rtol=1e-6, atol=0)
+    assert _rel(mixed.prediction.detach(), single.prediction.detach()) > 1e-4  # the prediction ran in bf16
+    mixed.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_host_tangent_recipe_equals_the_full_objective(images):
     """A host that computes the pixel tangent df/dsigma itself (sCM code) gets the same loss and gradient."""
     model = _unet_denoiser(torch.float64).eval()

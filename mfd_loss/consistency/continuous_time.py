@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, NamedTuple
 
 import torch
@@ -140,6 +141,22 @@ def _check(x: Tensor, sigma: Tensor, velocity: Tensor, weight: Tensor | None, c:
             raise ValueError(f"{names[0]} or {names[1]} contains NaN or Inf values")
 
 
+def _tangent_pass(device: torch.device) -> contextlib.ExitStack:
+    """What the JVP pass runs under: no grad; a forked RNG (CPU and ``device``), restored afterwards so the
+    prediction replays the same dropout draw; SDPA's math backend, the only one with forward-mode AD (PyTorch's
+    flash and memory-efficient kernels raise NotImplementedError under ``jvp``); autocast off: forward-mode AD
+    under autocast fails where an op autocast keeps in float32 (GroupNorm) feeds a convolution (PyTorch 2.14:
+    the tangent keeps float32 while the primal is cast), and fp16 tangents overflow."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    devices = [] if device.type == "cpu" else [device]
+    stack.enter_context(torch.random.fork_rng(devices, device_type=device.type if devices else "cuda"))
+    stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    if torch.amp.is_autocast_available(device.type):
+        stack.enter_context(torch.autocast(device.type, enabled=False))
+    return stack
+
+
 def _surrogate(features: Tensor, tangent: Tensor, weight: Tensor, c: float, reduction: str) -> tuple[Tensor, Tensor]:
     """Value ||T_b||, gradient w_b T^_b w.r.t. the features (in float32, float64 for float64 input)."""
     dtype = torch.promote_types(tangent.dtype, torch.float32)
@@ -213,8 +230,9 @@ def continuous_consistency_loss(
        (x, sigma) along (velocity, 1) gives the feature tangent T (N, P). The RNG (CPU and x's device) is then
        restored, so the prediction below draws the same dropout masks as the JVP did. This pass runs
        ``F.scaled_dot_product_attention`` on its math backend, the only one with forward-mode AD (PyTorch's
-       flash and memory-efficient kernels raise NotImplementedError under ``jvp``); the prediction keeps the
-       host's choice.
+       flash and memory-efficient kernels raise NotImplementedError under ``jvp``), and with autocast off, in
+       the model's own dtype (PyTorch's forward-mode AD fails under autocast when GroupNorm feeds a
+       convolution, and fp16 tangents overflow); the prediction keeps the host's attention and autocast.
     2. prediction = model(x, sigma) with grad; the loss's gradient w.r.t. it is w_b J_Phi^T T^_b / B
        (``reduction="mean"``), T^_b = T_b / (rms(T_b) + c); its value is the reduced ||T_b||_2.
 
@@ -270,9 +288,7 @@ def continuous_consistency_loss(
     x, velocity, sigma = x.detach(), velocity.detach().to(x.dtype), sigma.detach()
     # DDP's forward broadcasts buffers in place, which torch.func forbids: the JVP runs through the wrapped module
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    devices = [] if x.device.type == "cpu" else [x.device]
-    rng = torch.random.fork_rng(devices, device_type=x.device.type if devices else "cuda")
-    with torch.no_grad(), rng, sdpa_kernel(SDPBackend.MATH):  # the one SDPA backend with forward-mode AD
+    with _tangent_pass(x.device):
         _, tangent = torch.func.jvp(lambda x_, s_: feature_vector(distance, inner(x_, s_)), (x, sigma),
                                     (velocity, torch.ones_like(sigma)))
     prediction = model(x, sigma)
