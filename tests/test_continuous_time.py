@@ -14,12 +14,11 @@ from torch import nn
 
 import mfd_loss
 from mfd_loss import MFD, FeatureMapConfig
-from mfd_loss.consistency import EDMDenoiser
 from mfd_loss.consistency import (
-    ContinuousConsistencyLoss, continuous_consistency_loss, feature_tangent_loss, feature_vector, teacher_velocity,
+    ContinuousConsistencyLoss, EDMDenoiser, continuous_consistency_loss, feature_tangent_loss, feature_vector,
+    tangent_loss, teacher_velocity,
 )
 from mfd_loss.feature_maps import ResNetFeatureMap
-from mfd_loss.consistency import tangent_loss
 
 from conftest import make_tiny_map
 
