@@ -304,6 +304,13 @@ def test_host_tangent_recipe_equals_the_full_objective(images):
     full = continuous_consistency_loss(model, x, sigma, eps, distance)
     assert _rel(host.tangent_norm, full.tangent_norm) < 1e-10
     assert _rel(_prediction_grad(host), _prediction_grad(full)) < 1e-10
+    # inside the host's bf16 autocast the JVP through the map runs in float32 (it fails under autocast)
+    single = _mfd(torch.float32)
+    prediction, pixel_tangent = host.prediction.detach().float(), pixel_tangent.float()
+    expected = feature_tangent_loss(prediction, pixel_tangent, sigma.float(), single).tangent_norm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = feature_tangent_loss(prediction.requires_grad_(True), pixel_tangent, sigma.float(), single)
+    torch.testing.assert_close(mixed.tangent_norm, expected, rtol=1e-6, atol=0)
 
 
 def test_distillation_velocity_and_the_module(images):

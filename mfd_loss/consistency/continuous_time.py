@@ -181,7 +181,8 @@ def feature_tangent_loss(
     """The objective for a host that already computes the pixel tangent df/dsigma (e.g. an sCM code base).
 
     Maps the host's tangent into feature space with one JVP through Phi alone, T = J_Phi(prediction) tangent
-    (no grad), then applies the normalisation and surrogate of :func:`continuous_consistency_loss`.
+    (no grad, autocast off, at least float32), then applies the normalisation and surrogate of
+    :func:`continuous_consistency_loss`.
 
     Args:
         prediction: (N, C, H, W) f(x, sigma) with grad (the graph to the model).
@@ -204,9 +205,10 @@ def feature_tangent_loss(
         TypeError: ``distance`` is neither an MFD nor None.
     """
     _check(prediction, sigma, tangent, weight, c, reduction, validate_args, names=("prediction", "tangent"))
-    with torch.no_grad():
-        _, feature_tangent = torch.func.jvp(lambda y: feature_vector(distance, y), (prediction.detach(),),
-                                            (tangent.detach().to(prediction.dtype),))
+    dtype = torch.promote_types(prediction.dtype, torch.float32)  # a bf16 prediction's tangent is not rounded
+    with _tangent_pass(prediction.device):
+        _, feature_tangent = torch.func.jvp(lambda y: feature_vector(distance, y), (prediction.detach().to(dtype),),
+                                            (tangent.detach().to(dtype),))
     loss, norm = _surrogate(feature_vector(distance, prediction), feature_tangent,
                             1.0 / sigma if weight is None else weight, c, reduction)
     return ContinuousOutput(loss, prediction, norm)
