@@ -23,7 +23,10 @@ Three regimes (``--config``):
   absent);
 * **consistency distillation** from the same teacher (``--teacher``: one Heun step of the teacher's ODE from t
   to r) - ``distill-cpu``, ``distill-gpu``, ``distill-smoke``, on CIFAR-10: MFD as a loss value
-  (``--direction raw``), MFD with AYT's direction, pseudo-Huber, L2 and LPIPS.
+  (``--direction raw``), MFD with AYT's direction, pseudo-Huber, L2 and LPIPS;
+* **continuous time** (METHOD.md Sec. 5b) - ``continuous-gpu``, ``continuous-smoke``: distillation from the same
+  teacher with the JVP-based objective in MFD's feature space and in pixel space (sCM-style) against discrete
+  AYT and pseudo-Huber, 3 seeds (not run yet: it needs a GPU).
 
 Every run lives in ``--work/<config>/<dataset>-bs<B>-<loss>-seed<S>`` and resumes exactly when the benchmark
 is interrupted and restarted; finished runs are read, not rerun. ``--shard K/N`` trains only every N-th run
@@ -75,6 +78,7 @@ _SMOKE_UNET = ["--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", 
 _DDPMPP = ["--channels", "128", "--channel-mult", "2,2,2", "--num-blocks", "4", "--attention", "16"]
 _TUNE_LOSSES = "pseudo-huber,mfd,mfd-random,mfd-squared,lpips"
 _DISTILL_LOSSES = "mfd-value,mfd,mfd-random,pseudo-huber,l2,lpips"
+_CONTINUOUS_LOSSES = "mfd-continuous,pixel-continuous,mfd,pseudo-huber"
 
 # The denoisers that tuning and distillation start from (examples/train_diffusion_model.py arguments).
 DENOISERS: dict[str, dict[str, Any]] = {
@@ -156,15 +160,28 @@ CONFIGS: dict[str, dict[str, Any]] = {
                     "fd_samples": 10_000, "fd_real": 0, "fd_classifier_steps": 5000, "losses": _DISTILL_LOSSES,
                     "train": [*_DDPMPP, "--dropout", "0.2", "--optimizer", "adam", "--lr", "4e-4",
                               "--ema-decay", "0.9999"]},
+    "continuous-smoke": {"mode": "distill", "denoiser": "smoke", "shared": "tuning-smoke", "datasets": "cifar10",
+                         "batch_sizes": "4", "seeds": "0", "steps": 2, "eval_every": 2, "fd_samples": 16, "fd_real": 64,
+                         "fd_classifier_steps": 2, "losses": _CONTINUOUS_LOSSES,
+                         "train": [*_SMOKE_UNET, "--dropout", "0", "--optimizer", "adam", "--lr", "1e-3",
+                                   "--ema-decay", "0.9", "--num-samples", "4"]},
+    "continuous-gpu": {"mode": "distill", "denoiser": "gpu", "shared": "tuning-gpu", "datasets": "cifar10",
+                       "batch_sizes": "128", "seeds": "0,1,2", "steps": 100_000, "eval_every": 10_000,
+                       "fd_samples": 10_000, "fd_real": 0, "fd_classifier_steps": 5000, "losses": _CONTINUOUS_LOSSES,
+                       "train": [*_DDPMPP, "--dropout", "0.2", "--optimizer", "adam", "--lr", "4e-4",
+                                 "--ema-decay", "0.9999"]},
 }
 LOSSES = {"mfd": ["--loss", "mfd"], "pseudo-huber": ["--loss", "pseudo-huber", "--huber-c", "0"],
           "lpips": ["--loss", "lpips"], "l2": ["--loss", "l2"],
           "mfd-random": ["--loss", "mfd", "--mfd-init", "random"],
           "mfd-squared": ["--loss", "mfd", "--mfd-distance", "squared"],
-          "mfd-value": ["--loss", "mfd", "--direction", "raw"]}
+          "mfd-value": ["--loss", "mfd", "--direction", "raw"],
+          "mfd-continuous": ["--objective", "continuous", "--loss", "mfd"],
+          "pixel-continuous": ["--objective", "continuous", "--loss", "l2"]}
 LABELS = {"mfd": "MFD (AYT)", "pseudo-huber": "pseudo-Huber c=0 (ECT)", "lpips": "LPIPS (AYT direction)",
           "l2": "L2", "mfd-random": "MFD random-init map (AYT)", "mfd-squared": "MFD squared (AYT)",
-          "mfd-value": "MFD as loss value"}
+          "mfd-value": "MFD as loss value", "mfd-continuous": "MFD continuous-time",
+          "pixel-continuous": "pixel continuous-time (sCM-style)"}
 REFERENCE = "pseudo-huber"  # the loss every other one is measured against (ECT)
 # Distillation has no ECT: there the reference is the plain pseudo-Huber c=0 distance to the teacher-step target.
 _DISTILL_LABELS = {"pseudo-huber": "pseudo-Huber c=0"}

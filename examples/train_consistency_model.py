@@ -13,6 +13,9 @@ pass --init runs/edm-cifar10/checkpoint.pt. Consistency distillation (Song et al
 noise by a teacher's ODE step: with --teacher PATH, x_r = one Heun (or --teacher-solver euler) step of the
 teacher from x_t at t to r, and D_r = D_theta(x_r, r) under stop-gradient.
 
+--objective continuous trains the continuous-time consistency model of METHOD.md Sec. 5b instead (one JVP of
+D_theta and the MFD along the ODE per step, no second noise level; --loss mfd or l2; see examples/_continuous.py).
+
 Quick run on a CPU (a tiny U-Net and a tiny feature map; ~0.45 CPU-seconds per step with --loss mfd):
 
     mfd-loss train --data cifar10 --out runs/fmap-tiny --arch vgg11 --width 0.125 --steps 300 --batch-size 64
@@ -44,6 +47,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _continuous  # noqa: E402
 import _training  # noqa: E402
 from _training import COMMON_IDENTITY, HelpFormatter, Session, load_denoiser, same_dropout, seeded  # noqa: E402
 
@@ -105,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--stage", type=int, default=0, help="ECT stage (AYT keeps 0)")
     g.add_argument("--sigma-max", type=float, default=80.0, help="noise level of the first sampling step")
     g.add_argument("--sigma-mid", type=float, default=0.821, help="noise level of the second sampling step")
+    _continuous.add_args(p)
     return _training.check_args(p, p.parse_args(argv))
 
 
@@ -136,6 +141,13 @@ def consistency_gap(model: EDMDenoiser, objective: torch.nn.Module, pairs: tuple
 
 # ---------------------------------------------------------------------------------------------- training
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    _continuous.check_args(args)
+    if args.objective == "continuous":  # METHOD.md Sec. 5b: one JVP along the ODE instead of a pair (t, r)
+        session = Session(args, RUN_IDENTITY + _continuous.IDENTITY, f"{args.loss} (continuous)")
+        teacher = load_denoiser(args.teacher, session.channels, session.device) if args.teacher else None
+        step_loss, speed = _continuous.step_and_eval(args, session, teacher, fixed_pairs(args, session.images,
+                                                                                         session.device))
+        return session.train(step_loss, samplers(args), extra_eval=speed)
     session = Session(args, RUN_IDENTITY, args.loss)
     device, model = session.device, session.model
     objective = build_objective(args.loss, direction=args.direction, blend=args.blend, ramp_steps=args.ramp_steps,
@@ -164,11 +176,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return result.loss, weight * result.distance
 
     pairs = fixed_pairs(args, session.images, device)
-    samplers = {
+    return session.train(step_loss, samplers(args),
+                         extra_eval=lambda: {"consistency_gap": consistency_gap(model, objective, pairs)})
+
+
+def samplers(args: argparse.Namespace) -> dict[str, _training.Sampler]:
+    """The 1-step and 2-step consistency samplers the evaluations use."""
+    return {
         "1step": lambda ema, z, g: one_step_sample(ema, z, args.sigma_max),
         "2step": lambda ema, z, g: two_step_sample(ema, z, args.sigma_max, args.sigma_mid, generator=g),
     }
-    return session.train(step_loss, samplers, extra_eval=lambda: {"consistency_gap": consistency_gap(model, objective, pairs)})
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ METHOD.md Sec. 4 (Kim, Cha & Ye 2025, Eq. for d_phi): per sample,
 
 with eps = 1e-5, unit weights and no channel normalisation. The group form is a group-L2 (L_{2,1}) norm with
 one group per (tap, channel); on 1x1 taps it is an L1 norm. The differences and reductions are computed in
-float32 whatever the input dtype, so the gradient at prediction == target is exactly 0 (finite) under
-fp16/bf16 and autocast, where eps^2 = 1e-10 would underflow.
+float32 (float64 for a float64 map) whatever the input dtype, so the gradient at prediction == target is exactly 0
+(finite) under fp16/bf16 and autocast, where eps^2 = 1e-10 would underflow.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def reduce(values: Tensor, reduction: str) -> Tensor:
 
 
 def _tap_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
-    diff = (a.float() - b.float()).flatten(2)  # (N, C, H*W) in float32
+    dtype = torch.promote_types(a.dtype, torch.float32)  # float32, float64 kept (a JVP / finite-difference check)
+    diff = (a.to(dtype) - b.to(dtype)).flatten(2)  # (N, C, H*W)
     if distance == "group":
         return (torch.sqrt(diff.pow(2).sum(-1) + EPS**2) - EPS).sum(-1)
     return diff.pow(2).sum((1, 2))
@@ -132,7 +133,8 @@ def manifold_feature_distance(
             once per call site (its text does not depend on the batch).
 
     Returns:
-        float32 tensor of shape (N,) or a scalar; values >= 0, 0 when prediction == target.
+        float32 tensor (float64 for a float64 map) of shape (N,) or a scalar; values >= 0, 0 when
+        prediction == target.
 
     Raises:
         ValueError: wrong rank, channel count (including NHWC layout), size other than the map's

@@ -195,9 +195,12 @@ def test_mnist_with_the_shipped_mnist_map(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(tmp_path):
-    """torchrun with 2 CPU processes (gloo) computes the same weights as one process with the whole batch."""
-    common = ["--loss", "pseudo-huber", "--steps", "2", "--dropout", "0", "--data-dir", str(tmp_path / "nodata")]
+@pytest.mark.parametrize("objective", [["--loss", "pseudo-huber"], ["--objective", "continuous", "--loss", "l2"]],
+                         ids=["discrete", "continuous"])
+def test_ddp_two_processes_match_one(tmp_path, objective):
+    """torchrun with 2 CPU processes (gloo) computes the same weights as one process with the whole batch (the
+    continuous objective runs its JVP through the DDP wrapper's module: DDP's own forward is no torch.func citizen)."""
+    common = [*objective, "--steps", "2", "--dropout", "0", "--data-dir", str(tmp_path / "nodata")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     script = str(ROOT / "examples" / "train_consistency_model.py")
     # The subprocesses read real MNIST (no monkeypatching across processes); skip when it is absent.
@@ -478,3 +481,38 @@ def test_a_checkpoint_without_its_evaluation_is_evaluated_on_resume(tmp_path):
     assert [s for s, _ in _log(run)[1]] == [0]  # as the killed run left it
     example.main(example.parse_args(_eval_args(run, "--resume")))
     assert _log(run) == _log(tmp_path / "straight")
+
+
+def test_continuous_time_training_and_distillation(tmp_path, denoiser_checkpoint, monkeypatch):
+    """--objective continuous (METHOD.md Sec. 5b): MFD training (v = eps) and pixel-space distillation (v from the
+    teacher) run, log the tangent speed mean_b ||T_b|| as the loss, and refuse a resume under the other objective."""
+    import _continuous
+
+    fmap = _feature_map(tmp_path / "fmap")
+    summary = example.main(example.parse_args(_args(
+        tmp_path / "ct", "--objective", "continuous", "--loss", "mfd", "--mfd-pretrained", fmap, "--steps", "2",
+        "--eval-every", "2")))
+    assert summary["step"] == 2
+    for entry in summary["log"]:  # the value is the feature tangent's norm, not the surrogate's constant
+        assert entry["loss"] > 0 and math.isclose(entry["loss"], entry["weighted_distance"], rel_tol=1e-6)
+    assert summary["last_eval"]["tangent_speed"] > 0
+    with pytest.raises(ValueError, match="--objective continuous"):
+        example.main(example.parse_args(_args(tmp_path / "ct", "--loss", "mfd", "--mfd-pretrained", fmap,
+                                              "--steps", "3", "--resume")))
+    with pytest.raises(ValueError, match="--loss mfd .* or --loss l2"):
+        example.main(example.parse_args(_args(tmp_path / "other", "--objective", "continuous", "--loss", "lpips")))
+
+    calls = []
+    real = _continuous.teacher_velocity
+
+    def spy(teacher, x, sigma):
+        calls.append((type(teacher).__name__, teacher.training, x.shape))
+        return real(teacher, x, sigma)
+
+    monkeypatch.setattr(_continuous, "teacher_velocity", spy)
+    summary = example.main(example.parse_args(_args(
+        tmp_path / "cd", "--objective", "continuous", "--loss", "l2", "--teacher", denoiser_checkpoint,
+        "--steps", "2", "--dropout", "0")))
+    assert summary["step"] == 2 and all(math.isfinite(e["loss"]) and e["loss"] > 0 for e in summary["log"])
+    steps = [c for c in calls if c[2] == (8, 3, 32, 32)]  # the others: the evaluations' fixed pairs
+    assert steps == [("EDMDenoiser", False, (8, 3, 32, 32))] * 2 and len(calls) > 2

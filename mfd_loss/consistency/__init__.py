@@ -5,7 +5,9 @@
 - :mod:`~mfd_loss.consistency.losses`: AYT's tangent loss (Kim, Cha & Ye 2025), pseudo-Huber, the blend;
 - :mod:`~mfd_loss.consistency.objectives`: :func:`build_objective` (``--loss mfd|lpips|pseudo-huber|l2``) and
   the LPIPS baseline;
-- :mod:`~mfd_loss.consistency.sampling`: EDM noise levels, ODE steps and the Heun sampler of a teacher.
+- :mod:`~mfd_loss.consistency.sampling`: EDM noise levels, ODE steps and the Heun sampler of a teacher;
+- :mod:`~mfd_loss.consistency.continuous_time`: the continuous-time (JVP-based, sCM-style) objective with MFD
+  of METHOD.md Sec. 5b.
 
 Every name of these modules is importable from ``mfd_loss.consistency``.
 """
@@ -19,6 +21,8 @@ from .losses import (DIRECTIONS, ICT_HUBER_CONSTANT, TangentLoss, blend_losses, 
                      tangent_loss)
 from .objectives import OBJECTIVES, ConsistencyObjective, LPIPSDistance, ObjectiveOutput, build_objective
 from .sampling import SIGMA_MIN, SOLVERS, edm_sigmas, heun_sample, ode_step
+from .continuous_time import (TANGENT_C, ContinuousConsistencyLoss, ContinuousOutput, continuous_consistency_loss,
+                              feature_tangent_loss, feature_vector, teacher_velocity)
 
 __all__ = [
     "P_MEAN", "P_STD", "SIGMA_DATA", "SIGMA_MAX", "SIGMA_MID",
@@ -28,4 +32,6 @@ __all__ = [
     "ICT_HUBER_CONSTANT", "DIRECTIONS", "pseudo_huber", "squared_l2", "tangent_loss", "TangentLoss", "ramp",
     "blend_losses", "LPIPSDistance", "ObjectiveOutput", "ConsistencyObjective", "OBJECTIVES", "build_objective",
     "SOLVERS", "SIGMA_MIN", "edm_sigmas", "ode_step", "heun_sample",
+    "TANGENT_C", "ContinuousOutput", "feature_vector", "teacher_velocity", "feature_tangent_loss",
+    "continuous_consistency_loss", "ContinuousConsistencyLoss",
 ]

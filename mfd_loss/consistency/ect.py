@@ -218,14 +218,15 @@ class EDMDenoiser(nn.Module):
     """Wrap a raw network F(x, c_noise) into the preconditioned denoiser D(x, sigma) of EDM / ECT.
 
     D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)), computed in float32 around
-    the network (the network itself may run under autocast).
+    the network (the network itself may run under autocast; float64 inputs stay float64). JVP-safe:
+    ``torch.func.jvp`` through it along (dx, dsigma) gives the derivative along the ODE.
 
     Args:
         net: module called as ``net(x_in, c_noise)`` with x_in (N, C, H, W) and c_noise (N,), returning (N, C, H, W).
         sigma_data: standard deviation of the data.
 
     Shape:
-        x: (N, C, H, W); sigma: (N,) or a scalar tensor / float; output like x, float32.
+        x: (N, C, H, W); sigma: (N,) or a scalar tensor / float; output like x, float32 (float64 for float64 x).
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = SIGMA_DATA):
@@ -234,8 +235,8 @@ class EDMDenoiser(nn.Module):
         self.sigma_data = float(sigma_data)
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        x = x.float()
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
+        x = x if x.dtype == torch.float64 else x.float()  # float64 stays (JVP and finite-difference checks)
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         if sigma.shape != x.shape[:1]:
@@ -243,7 +244,7 @@ class EDMDenoiser(nn.Module):
         c = edm_preconditioning(sigma, self.sigma_data)
         view = (-1,) + (1,) * (x.ndim - 1)
         out = self.net(c.c_in.view(view) * x, c.c_noise)
-        return c.c_skip.view(view) * x + c.c_out.view(view) * out.float()
+        return c.c_skip.view(view) * x + c.c_out.view(view) * out.to(x.dtype)
 
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
