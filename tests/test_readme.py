@@ -47,3 +47,10 @@ def test_every_manifest_pattern_matches_a_file():
         folder, patterns = ROOT / words[1], words[2:]
         for pattern in patterns:
             assert any(folder.rglob(pattern)), f"MANIFEST.in: no file matches {words[1]}/**/{pattern}"
+
+
+def test_readme_embeds_a_committed_plot_and_a_sample_grid():
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+    assert all((ROOT / path).is_file() for path in images), images
+    assert any(p.startswith("benchmarks/results/") and "samples" not in p for p in images), images
+    assert any("samples" in p for p in images), images
