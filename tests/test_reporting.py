@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from mfd_loss.reporting import NullReporter, image_grid, make_reporter
+from mfd_loss.training.reporting import NullReporter, image_grid, make_reporter
 
 
 def test_tensorboard_event_file_is_written_and_read_back(tmp_path, images):
