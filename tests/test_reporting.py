@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,34 @@ def test_image_grid_maps_minus_one_one_to_unit_range_and_greys_other_channel_cou
     assert one[:, 2:6, 2:6].max() == 0  # -1 is black
     with pytest.raises(ValueError, match="N, C, H, W"):
         image_grid(torch.zeros(3, 8, 8))
+
+
+def test_train_report_to_tensorboard_writes_loss_lr_r2_and_perturbed_inputs(tmp_path, sample_uint8):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mfd_loss.cli import main as cli_main
+
+    np.save(tmp_path / "x.npy", sample_uint8.numpy())
+    code = cli_main(["train", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "run"), "--arch", "vgg11",
+                     "--width", "0.125", "--steps", "4", "--batch-size", "8", "--ramp-steps", "1", "--p-max", "0.7",
+                     "--eval-fraction", "0.25", "--eval-every", "2", "--checkpoint-every", "2",
+                     "--report-to", "tensorboard"])
+    assert code == 0
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/lr", "train/images_per_second", "eval/mse_mean", "eval/r2/scale_w"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("eval/r2/scale_w")] == [2, 4]
+    eval_rows = (tmp_path / "run" / "eval.csv").read_text().splitlines()[1:]
+    assert [round(e.value, 5) for e in acc.Scalars("eval/mse_mean")] == [round(float(r.split(",")[1]), 5) for r in eval_rows]
+    assert [e.step for e in acc.Images("train/perturbed_inputs")] == [2, 4]
+
+
+def test_train_report_to_an_uninstalled_library_fails_before_loading_data(tmp_path, monkeypatch, capsys):
+    from mfd_loss.cli import main as cli_main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    code = cli_main(["train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "run"),
+                     "--report-to", "wandb"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mfd-loss[wandb]" in err and "missing.npy" not in err

@@ -12,6 +12,7 @@ In a ``torchrun`` job only rank 0 should report: build the reporter there and :c
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -123,6 +124,24 @@ class WandbReporter:
             self._run = None
 
 
+def check_report_to(report_to: str) -> None:
+    """Fail early (before a run loads its data) on an unknown ``report_to`` or a library that is not installed.
+
+    Raises:
+        ValueError: an unknown name. ImportError: the library is missing (the message names the extra).
+    """
+    if report_to not in REPORT_TO:
+        raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}; got {report_to!r}")
+    module, extra = {"none": (None, None), "tensorboard": ("torch.utils.tensorboard", "tensorboard"),
+                     "wandb": ("wandb", "wandb")}[report_to]
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(f'--report-to {report_to} needs the {extra} package: pip install "mfd-loss[{extra}]" '
+                              f"(or pip install {extra})") from err
+
+
 def make_reporter(report_to: str, log_dir: str | Path | None = None, *, project: str | None = None,
                   config: Mapping[str, Any] | None = None, name: str | None = None) -> Reporter:
     """The reporter ``--report-to`` names.
@@ -136,8 +155,7 @@ def make_reporter(report_to: str, log_dir: str | Path | None = None, *, project:
         ValueError: an unknown ``report_to``, or no ``log_dir``.
         ImportError: the library is not installed (the message names the extra to install).
     """
-    if report_to not in REPORT_TO:
-        raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}; got {report_to!r}")
+    check_report_to(report_to)
     if report_to == "none":
         return NullReporter()
     if log_dir is None:
