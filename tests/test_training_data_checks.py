@@ -73,7 +73,7 @@ def test_a_grayscale_folder_trains_a_one_channel_map_and_says_so(tmp_path, real,
 
 
 def test_an_rgb_folder_stays_rgb_and_channels_overrides(tmp_path, real):
-    from mfd_loss.image_sources import open_image_source
+    from mfd_loss.training.image_sources import open_image_source
     from PIL import Image
 
     for i, image in enumerate(real[:3].permute(0, 2, 3, 1).numpy()):
