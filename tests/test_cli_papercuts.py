@@ -6,7 +6,7 @@ import pytest
 
 from mfd_loss.cli import build_parser
 from mfd_loss.cli import main as cli_main
-from mfd_loss.datasets import find_data_dir
+from mfd_loss.training.datasets import find_data_dir
 
 
 def test_an_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path, monkeypatch, capsys):
@@ -24,7 +24,7 @@ def test_an_explicit_data_dir_that_does_not_exist_is_an_error(tmp_path, monkeypa
 
 
 def test_help_points_to_documentation_a_wheel_user_can_reach_and_lists_every_recipe(capsys):
-    from mfd_loss.trainer import RECIPES
+    from mfd_loss.training import RECIPES
 
     parser = build_parser()
     assert "docs/index.md" not in parser.format_help()

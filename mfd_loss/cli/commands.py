@@ -58,7 +58,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _recipe_lines() -> str:
     """One line per named recipe (--recipe), from the registry itself, so that none is left out."""
-    from .trainer import RECIPES, recipe_settings
+    from ..training import RECIPES, recipe_settings
 
     lines = []
     for name in RECIPES:
