@@ -114,3 +114,29 @@ def test_train_report_to_an_uninstalled_library_fails_before_loading_data(tmp_pa
                      "--report-to", "wandb"])
     err = capsys.readouterr().err
     assert code == 2 and "mfd-loss[wandb]" in err and "missing.npy" not in err
+
+
+def test_consistency_example_reports_to_tensorboard(tmp_path, monkeypatch, sample_uint8):
+    """examples/train_consistency_model.py --report-to tensorboard: log.jsonl's numbers and the sample grids."""
+    pytest.importorskip("tensorboard")
+    from pathlib import Path
+
+    from conftest import load_script
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    training = load_script(examples / "_training.py")
+    monkeypatch.setattr(training, "load_images", lambda dataset, split, data_dir=None: (sample_uint8, None))
+    example = load_script(examples / "train_consistency_model.py")
+    args = example.parse_args(["--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "8", "--log-every", "1",
+                               "--eval-every", "2", "--fd-network", "none", "--num-samples", "4", "--no-progress",
+                               "--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none",
+                               "--loss", "pseudo-huber", "--report-to", "tensorboard"])
+    example.main(args)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in logged if "loss" in entry]
+    assert [round(e.value, 4) for e in acc.Scalars("train/loss")] == [round(v, 4) for v in losses]
+    assert {"samples/1step", "samples/2step"} <= set(acc.Tags()["images"])
+    assert [e.step for e in acc.Images("samples/1step")] == [0, 2]
