@@ -134,7 +134,8 @@ def consistency_weight(t: Tensor, r: Tensor, *, validate_args: bool = True) -> T
     """ECT's per-sample loss weight w = 1 / (t - r).
 
     Args:
-        t, r: noise levels of the pair, same shape, t > r.
+        t: the larger noise level of each pair, any shape.
+        r: the smaller one, the same shape, r < t.
         validate_args: check t > r (one host synchronisation per call on a GPU). False skips it, as does
             ``torch.compile`` while tracing (``torch.compiler.is_compiling()``), so a compiled loss captures it.
 
