@@ -8,7 +8,9 @@ Each row displaces real test images by a small residual of one kind, rescaled so
 same pixel RMS: residuals of nuisance transformations (sub-pixel shift, rotation, brightness, contrast,
 hue) stay close to the data manifold (tangent directions), while Gaussian noise, blur and mixing in another
 image leave it. A pixel loss cannot tell them apart at equal RMS; MFD can. The last part splits the
-gradient of each loss for a prediction displaced equally along a tangent and off the manifold.
+gradient of each loss for a prediction displaced equally along a tangent and off the manifold. MFD is shown
+with the trained map and with a random-init map of the same architecture (the control), and the report
+explains every column.
 """
 
 from __future__ import annotations
