@@ -120,6 +120,29 @@ def lpips_with_weights(net: str = "vgg"):
         return None, str(err).splitlines()[0]
 
 
+def better_label(label: str, better: str) -> str:
+    """An axis label that says which way is better: ``better_label("FD_cnn", "lower")`` -> "FD_cnn (lower is better)"."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    return f"{label} ({better} is better)"
+
+
+def coincident_series(series: dict[str, list[float]], tol: float = 1e-3) -> dict[str, str]:
+    """Map each series that lies on an earlier one (every value within ``tol``) to that earlier series' name.
+
+    A plot draws such a pair so that both stay visible (the earlier one wide and hollow underneath) and says in the
+    legend that they coincide (pixel L2 and pseudo-Huber both give a parallel fraction of exactly 0.5).
+    """
+    names, found = list(series), {}
+    for i, name in enumerate(names):
+        for earlier in names[:i]:
+            a, b = series[name], series[earlier]
+            if earlier not in found and len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b)):
+                found[name] = earlier
+                break
+    return found
+
+
 def pyplot():
     """matplotlib's pyplot with a file-only backend, or an ImportError saying how to install it."""
     try:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from _common import markdown_table, pyplot
+from _common import better_label, markdown_table, pyplot
 from _cost_cases import CASES, VALIDATE_OFF, floor_of
 
 
@@ -112,7 +112,8 @@ def plot(rows, cases, resolutions, batches, path: Path, title: str) -> None:
                 colour = colours[families.index(case.replace("floor-", "mfd-")) % len(colours)]
                 style = "--" if case.startswith("floor") else "-"
                 ax.plot(*zip(*points), style, color=colour, marker="o", markersize=3, label=CASES[case])
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s", title=f"{res} px")
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=better_label("images / s", "higher"),
+               title=f"{res} px")
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xticks([], minor=True)
         ax.grid(True, which="both", alpha=0.3)

@@ -64,7 +64,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
 from _common import (  # noqa: E402
-    RESULTS, environment, lpips_with_weights, markdown_table, parse_ints, pyplot, resolve_device, write_json,
+    RESULTS, better_label, environment, lpips_with_weights, markdown_table, parse_ints, pyplot, resolve_device, write_json,
 )
 
 import _training  # noqa: E402
@@ -491,7 +491,7 @@ def plot(result: dict, path: Path) -> None:
                     ax.fill_between(xs, [m - s for m, s in zip(mean, sem)], [m + s for m, s in zip(mean, sem)],
                                     color=line.get_color(), alpha=0.15)
             ax.set_xlabel("iteration" if x_key == "step" else "training wall-clock (s)")
-            ax.set_ylabel(group["metric"])
+            ax.set_ylabel(better_label(group["metric"], "lower"))
             ax.set_title(f"{group['dataset']}, batch {group['batch_size']}", fontsize=10)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)

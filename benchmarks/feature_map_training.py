@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, environment, markdown_table, pyplot, resolve_device, write_json  # noqa: E402
+from _common import RESULTS, better_label, environment, markdown_table, pyplot, resolve_device, write_json  # noqa: E402
 
 GEOMETRIC = ("scale", "rotation", "anisotropic_scale", "translation")
 HEADLINE_GEOMETRIC = ("scale", "rotation", "translation")  # issue targets: each >= 0.5
@@ -243,28 +243,36 @@ def report(args: argparse.Namespace, records: list[dict[str, Any]], floor: dict[
     write_json(args.out / f"feature-map-training-{tag}.json", payload)
     (args.out / f"feature-map-training-{tag}.md").write_text(table + "\n")
     if not args.no_plot:
-        plt = pyplot()
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for rec in records:
-            t = [c["train_seconds"] / 60 for c in rec["curve"]]
-            seen = [c["images_seen"] / 1e3 for c in rec["curve"]]
-            means = [_group_means(c["r2"]) for c in rec["curve"]]
-            axes[0].plot(t, [m["all"] for m in means], marker="o", label=rec["name"])
-            axes[1].plot(seen, [m["all"] for m in means], marker="o", label=rec["name"])
-            axes[2].plot(seen, [m["geometric"] for m in means], marker="o", label=rec["name"])
-        labels = (("training wall-clock (min)", "mean R^2, 15 labels", fg["all"]),
-                  ("images seen (thousands)", "mean R^2, 15 labels", fg["all"]),
-                  ("images seen (thousands)", "mean R^2, 7 geometric labels", fg["geometric"]))
-        for ax, (xlabel, ylabel, floor_value) in zip(axes, labels):
-            ax.axhline(floor_value, color="grey", ls=":", label="random-init")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-        axes[2].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.out / f"feature-map-training-{tag}.png", dpi=110)
+        plot(records, floor, args.out / f"feature-map-training-{tag}.png")
     print(table)
     return payload
+
+
+def plot(records: list[dict], floor: dict, path: Path) -> None:
+    """Mean R^2 (higher is better) against wall-clock and images seen, one line per candidate, the random-init map
+    as a dotted floor; redrawn from a result JSON by ``plot(r["candidates"], r["random_init"], path)``."""
+    fg = _group_means(floor["r2"])
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for rec in records:
+        t = [c["train_seconds"] / 60 for c in rec["curve"]]
+        seen = [c["images_seen"] / 1e3 for c in rec["curve"]]
+        means = [_group_means(c["r2"]) for c in rec["curve"]]
+        axes[0].plot(t, [m["all"] for m in means], marker="o", label=rec["name"])
+        axes[1].plot(seen, [m["all"] for m in means], marker="o", label=rec["name"])
+        axes[2].plot(seen, [m["geometric"] for m in means], marker="o", label=rec["name"])
+    labels = (("training wall-clock (min)", "mean R^2, 15 labels", fg["all"]),
+              ("images seen (thousands)", "mean R^2, 15 labels", fg["all"]),
+              ("images seen (thousands)", "mean R^2, 7 geometric labels", fg["geometric"]))
+    for ax, (xlabel, ylabel, floor_value) in zip(axes, labels):
+        ax.axhline(floor_value, color="grey", ls=":", label="random-init")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(better_label(ylabel, "higher"))
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

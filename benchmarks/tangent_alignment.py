@@ -39,7 +39,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    RESULTS, environment, lpips_with_weights, markdown_table, pyplot, resolve_device, write_json,
+    RESULTS, better_label, coincident_series, environment, lpips_with_weights, markdown_table, pyplot, resolve_device, write_json,
 )
 
 from mfd_loss import MFD, FeatureMapConfig, TrainConfig, train_feature_map  # noqa: E402
@@ -207,18 +207,27 @@ def table(part: dict, noise_levels: tuple[float, ...]) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    """One panel per part: each loss's parallel energy fraction against the noise level (lower is better). A loss
+    whose curve lies on an earlier one (pixel L2 and pseudo-Huber, both 0.5) is drawn on top of it in a thinner
+    line and says so in the legend; the earlier one is drawn wide with hollow markers, so both stay visible."""
     plt = pyplot()
     parts = [k for k in ("synthetic", "cifar10") if k in result]
     fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.6), squeeze=False)
     for ax, key in zip(axes[0], parts):
-        for name, r in result[key]["fractions"].items():
+        fractions = result[key]["fractions"]
+        on_top_of = coincident_series({name: r["mean"] for name, r in fractions.items()})
+        underneath = set(on_top_of.values())
+        for name, r in fractions.items():
             style = "--" if not name.startswith("MFD") and not name.startswith("LPIPS") else "-"
-            ax.errorbar(result["config"]["noise_levels"], r["mean"], yerr=r["sem"], label=name, linestyle=style,
-                        marker="o", markersize=3, capsize=2)
+            wide = name in underneath
+            label = f"{name} (same as {on_top_of[name]})" if name in on_top_of else name
+            ax.errorbar(result["config"]["noise_levels"], r["mean"], yerr=r["sem"], label=label, linestyle=style,
+                        marker="o", markersize=9 if wide else 3, markerfacecolor="none" if wide else None,
+                        linewidth=4 if wide else 1.5, alpha=0.45 if wide else 1.0, capsize=2)
         ax.set_xscale("log")
         ax.set_ylim(0, 1)
         ax.set_xlabel("ECT noise level t (displacement RMS = t - r(t))")
-        ax.set_ylabel("parallel energy fraction of the update")
+        ax.set_ylabel(better_label("parallel energy fraction of the update", "lower"))
         ax.set_title({"synthetic": "(a) synthetic blobs, exact tangents", "cifar10": "(b) CIFAR-10, nuisance tangents"}[key])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -42,6 +42,7 @@ from mfd_loss.consistency import EDMDenoiser
 from mfd_loss.training.datasets import load_cifar10, load_mnist
 from mfd_loss.training.distributed import max_over_processes
 from mfd_loss.training.interrupt import StopRequested, exit_status, stop_reason
+from mfd_loss.training.reporting import check_report_to, make_reporter
 
 # Flags that define the network: a checkpoint records them, --init and --teacher rebuild from them.
 NETWORK_ARGS = ("arch", "channels", "channel_mult", "num_blocks", "attention", "dropout")
@@ -125,6 +126,8 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
     g.add_argument("--fd-classifier", default=None, metavar="PATH",
                    help="classifier folder used by --fd-network auto (default: runs/fd-<dataset>)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
+                   help="also send log.jsonl's numbers and the sample grids to TensorBoard (OUT/tensorboard) or W&B")
     return groups
 
 
@@ -341,6 +344,7 @@ class Session:
 
     def __init__(self, args: argparse.Namespace, identity: tuple[str, ...], label: str):
         self.args, self.identity, self.label = args, identity, label
+        check_report_to(args.report_to)  # a missing tensorboard / wandb fails before the data is loaded
         self.device, self.rank, self.world = setup_device(args.device)
         if args.batch_size % self.world:
             raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {self.world} processes")
@@ -390,6 +394,9 @@ class Session:
             test_images = test_images[:args.fd_real or None]
             self.fd = FrechetDistance(args.fd_network, test_images[self.rank::self.world], device=self.device,
                                       classifier_dir=args.fd_classifier or f"runs/fd-{args.dataset}")
+        self.reporter = make_reporter(args.report_to if self.rank == 0 else "none",
+                                      self.out / ("tensorboard" if args.report_to == "tensorboard" else ""),
+                                      config=json.loads(json.dumps(vars(args), default=str)), name=self.out.name)
 
     # -------------------------------------------------------------------------------- bookkeeping
     def log(self, entry: dict[str, Any]) -> None:
@@ -397,6 +404,9 @@ class Session:
         if self.rank == 0:
             with open(self.out / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+            part, values = ("eval", entry["eval"]) if "eval" in entry else ("train", entry)
+            self.reporter.scalars({f"{part}/{k}": v for k, v in values.items()
+                                   if k != "step" and isinstance(v, (int, float))}, self.step)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[float]:
@@ -430,7 +440,9 @@ class Session:
             for name, sample in samplers.items():
                 if self.rank == 0:
                     path = self.out / "samples" / f"step_{self.step:07d}_{name}.png"
-                    save_grid(sample(self.ema, noise, torch.Generator(self.device).manual_seed(args.seed + 8)), path)
+                    grid = sample(self.ema, noise, torch.Generator(self.device).manual_seed(args.seed + 8))
+                    save_grid(grid, path)
+                    self.reporter.images(f"samples/{name}", grid, self.step)
                     entry[f"grid_{name}"] = str(path)
                 if self.fd is not None:
                     share = args.fd_samples // self.world + (self.rank < args.fd_samples % self.world)
@@ -525,6 +537,7 @@ class Session:
                 if halt:
                     break
         bar.close()
+        self.reporter.close()
         evals = [h["eval"] for h in self.history if "eval" in h]
         stopped_by = None if self.step >= args.steps else stop_reason(halt)
         summary = {"step": self.step, "stopped_by": stopped_by, "train_seconds": round(self.clock.read(), 1),

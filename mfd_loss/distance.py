@@ -33,7 +33,7 @@ def check_pair(feature_map: nn.Module, prediction: Tensor, target: Tensor, weigh
                resize: str | None) -> None:
     """The shape, device and weight checks of a call (metadata only: no device synchronisation)."""
     config = feature_map.config
-    min_size = getattr(feature_map, "min_size", 1) if resize is None else 1
+    min_size = 1  # without resize the size must be the map's own (checked below, with what to do); with it, any
     for name, x in (("prediction", prediction), ("target", target)):
         check_images(x, channels=config.in_channels, min_size=min_size, name=name)
     if prediction.shape != target.shape:
@@ -46,10 +46,10 @@ def check_pair(feature_map: nn.Module, prediction: Tensor, target: Tensor, weigh
         if resize is None:
             raise ValueError(
                 f"this feature map was trained on {h}x{w} images and inputs are {size[0]}x{size[1]}; features at "
-                f"other sizes are out of distribution. Opt in to serving other sizes with resize='tiles' (the map "
-                f"applied to non-overlapping {h}x{w} tiles, recommended when the size is a multiple of {h}x{w}) or "
-                f"resize='antialias' (inputs resized to {h}x{w}; any size), see docs/api.md, or train a feature map "
-                "at your resolution (mfd-loss train)"
+                f"other sizes are out of distribution. {_pad_hint(size, (h, w))}Opt in to serving other sizes with "
+                f"resize='tiles' (the map applied to non-overlapping {h}x{w} tiles, recommended when the size is a "
+                f"multiple of {h}x{w}) or resize='antialias' (inputs resized to {h}x{w}; any size), see docs/api.md, "
+                "or train a feature map at your resolution (mfd-loss train)"
             )
         if resize == "tiles" and (size[0] % h or size[1] % w):
             raise ValueError(f"resize='tiles' needs a size that is a multiple of the map's {h}x{w}, got "
@@ -62,6 +62,18 @@ def check_pair(feature_map: nn.Module, prediction: Tensor, target: Tensor, weigh
         raise ValueError(f"the feature map is on {parameter.device} but the inputs are on {prediction.device}; move "
                          f"the map with feature_map.to({str(prediction.device)!r}) (the MFD module does this by "
                          "itself on its first call)")
+
+
+def _pad_hint(size: tuple[int, int], resolution: tuple[int, int]) -> str:
+    """For inputs smaller than the map: the exact padding call that brings them to its size."""
+    (height, width), (h, w) = size, resolution
+    if height > h or width > w:
+        return ""
+    top, left = (h - height) // 2, (w - width) // 2
+    pad = (left, w - width - left, top, h - height - top)
+    return (f"Smaller images: pad them to {h}x{w} with their background, as the map's training images were, e.g. "
+            f"torch.nn.functional.pad(x, {pad}, value=-1) for a black background in [-1, 1] (the packaged 'mnist' "
+            f"map was trained on 28x28 digits padded so). ")
 
 
 def _to_resolution(x: Tensor, resolution: tuple[int, int], resize: str | None) -> Tensor:
@@ -89,11 +101,18 @@ def reduce(values: Tensor, reduction: str) -> Tensor:
 
 
 def _tap_distance(a: Tensor, b: Tensor, distance: str) -> Tensor:
-    dtype = torch.promote_types(a.dtype, torch.float32)  # float32, float64 kept (a JVP / finite-difference check)
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32  # half precision is reduced in float32
     diff = (a.to(dtype) - b.to(dtype)).flatten(2)  # (N, C, H*W)
     if distance == "group":
         return (torch.sqrt(diff.pow(2).sum(-1) + EPS**2) - EPS).sum(-1)
     return diff.pow(2).sum((1, 2))
+
+
+def _in_float64(feature_map: nn.Module):
+    """The map applied with float64 copies of its weights (made per call; the map itself is never converted)."""
+    tensors = {name: t.double() if t.is_floating_point() else t
+               for name, t in (*feature_map.named_parameters(), *feature_map.named_buffers())}
+    return lambda x: torch.func.functional_call(feature_map, tensors, (x,))
 
 
 def manifold_feature_distance(
@@ -128,13 +147,14 @@ def manifold_feature_distance(
             (bilinear, antialiased; any size, but blind to detail finer than the map's resolution).
         check_values: raise on NaN/Inf and warn (:class:`~mfd_loss.InputRangeWarning`) about inputs clearly in
             another range than ``config.input_range``. Costs one host synchronisation and prevents
-            ``torch.compile(fullgraph=True)``, ``torch.export`` and ``torch.func.vmap`` from capturing the call;
-            False skips it (shape checks always run). Under Python's default warning filter the warning shows
-            once per call site (its text does not depend on the batch).
+            ``torch.export`` and ``torch.func.vmap`` from capturing the call; False skips it (shape checks always
+            run). Skipped while ``torch.compile`` traces the call (``torch.compiler.is_compiling()``). Under
+            Python's default warning filter the warning shows once per call site (its text does not depend on the
+            batch).
 
     Returns:
-        float32 tensor (float64 for a float64 map) of shape (N,) or a scalar; values >= 0, 0 when
-        prediction == target.
+        float32 tensor of shape (N,) or a scalar (float64 for float64 inputs, computed in float64 throughout, e.g.
+        for torch.autograd.gradcheck); values >= 0, 0 when prediction == target.
 
     Raises:
         ValueError: wrong rank, channel count (including NHWC layout), size other than the map's
@@ -161,7 +181,7 @@ def manifold_feature_distance(
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     check_pair(feature_map, prediction, target, weight, resize)
-    if check_values:
+    if check_values and not torch.compiler.is_compiling():  # data-dependent: skipped under torch.compile
         expected = tuple(feature_map.config.input_range)
         messages = [check_finite_and_range(x, expected=expected, name=name)
                     for name, x in (("prediction", prediction), ("target", target))]
@@ -170,12 +190,16 @@ def manifold_feature_distance(
             warn_at_caller(message, InputRangeWarning)
     n, resolution = prediction.shape[0], tuple(feature_map.config.resolution)
     prediction, target = _to_resolution(prediction, resolution, resize), _to_resolution(target, resolution, resize)
+    network = feature_map
     if prediction.device.type == "meta" or not torch.is_autocast_enabled(prediction.device.type):
         dtype = next(feature_map.parameters()).dtype
-        prediction, target = prediction.to(dtype), target.to(dtype)
+        if prediction.dtype == target.dtype == torch.float64 and dtype != torch.float64:
+            network = _in_float64(feature_map)  # float64 end to end (torch.autograd.gradcheck)
+        else:
+            prediction, target = prediction.to(dtype), target.to(dtype)
     with torch.set_grad_enabled(torch.is_grad_enabled() and target.requires_grad):
-        target_taps = feature_map(target)
-    prediction_taps = feature_map(prediction)
+        target_taps = network(target)
+    prediction_taps = network(prediction)
     values = sum(_tap_distance(a, b, distance) for a, b in zip(prediction_taps, target_taps))
     if values.shape[0] != n:  # resize="tiles": the mean over each sample's tiles
         values = values.view(n, -1).mean(1)

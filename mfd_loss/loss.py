@@ -124,8 +124,8 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
     Args:
         pretrained: a registered name (``"cifar10"``, see :func:`mfd_loss.list_pretrained`), a Hugging Face Hub
             repo ``"org/repo"`` or ``"org/repo@revision"`` (downloaded once into the Hub cache; see
-            ``docs/hub.md``), a local folder with ``model.safetensors`` + ``config.json`` or such a file, or None
-            when ``feature_map`` is given. ``ManifoldFeatureDistance.from_pretrained`` adds ``revision=``,
+            ``docs/hub.md``), a local folder with ``model.safetensors`` + ``config.json``, a ``.safetensors`` file
+            (any name) with that ``config.json`` beside it, or None when ``feature_map`` is given. ``ManifoldFeatureDistance.from_pretrained`` adds ``revision=``,
             ``cache_dir=``, ``local_files_only=`` and ``token=``; ``save_pretrained`` / ``push_to_hub`` publish.
         feature_map: use this network instead (a deep copy is frozen; the caller's module is left as is).
         distance: ``"group"`` (default; per-(tap, channel) group-L2, the authors' form) or ``"squared"``
@@ -141,20 +141,23 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
             aligned in that measurement.
         validate_args: check input values on every call: NaN/Inf raise, inputs clearly in another range warn.
             This costs one host synchronisation per call; with False (shape checks still run) the call has no
-            data-dependent branch, so ``torch.compile(fullgraph=True)``, ``torch.export`` and
-            ``torch.func.vmap`` capture it (as torchmetrics' ``validate_args``).
+            data-dependent branch, so ``torch.export`` and ``torch.func.vmap`` capture it (as torchmetrics'
+            ``validate_args``). Under ``torch.compile`` the value checks are skipped while compiling
+            (``torch.compiler.is_compiling()``), whatever this flag: ``torch.compile(MFD(...), fullgraph=True)``
+            captures the default module, and the compiled call does not check values (check them eagerly, or
+            with ``torch.isfinite`` in your loop, if your model may emit NaN).
 
     Shape:
         prediction, target: (N, C, H, W) with C and (H, W) those of the feature map (3 and 32x32 for
         ``"cifar10"``; other sizes with ``resize``). Values in [-1, 1] ([0, 1] with ``normalize=True``; a map
         trained on other float data, e.g. latents, takes the range recorded as ``config.data_range``).
-        Output: (N,) float32, or a scalar.
+        Output: (N,) float32 (float64 for float64 inputs), or a scalar.
 
     Raises:
         ValueError: unknown ``distance``/``reduction``; both ``pretrained`` (any name or path) and
             ``feature_map`` given, or neither; non-finite (NaN/Inf) weights in ``feature_map``;
             bad input shapes, channel counts, NHWC layout, sizes, weights or NaN/Inf at call time.
-        KeyError: unknown pretrained name.
+        UnknownPretrainedError: unknown pretrained name (a subclass of both ValueError and KeyError).
         TypeError: ``feature_map`` is not a feature map (an nn.Module with a ``config``).
 
     Warns:
@@ -368,7 +371,7 @@ class ManifoldFeatureDistance(LossHubMixin, nn.Module):
         if isinstance(prediction, Tensor) and isinstance(target, Tensor) and prediction.device == target.device:
             fmap = self._frozen.on(prediction.device)  # moved once; a DataParallel replica uses its own copy
         check_pair(fmap, prediction, target, weight, self.resize)
-        if self.validate_args and prediction.device.type != "meta":
+        if self.validate_args and prediction.device.type != "meta" and not torch.compiler.is_compiling():
             for name, x in (("prediction", prediction), ("target", target)):
                 message = check_finite_and_range(x, expected=self._input_range, name=name, normalize=self.normalize)
                 if message is not None and not self._range_warned:

@@ -225,3 +225,48 @@ def test_distillation_smoke_in_two_shards(tmp_path):
     table = out.with_suffix(".md").read_text()  # distillation has no ECT: the reference is named as what it is
     assert "iterations to reach pseudo-Huber's final" in table and "pseudo-Huber c=0 " in table
     assert "ECT" not in table
+
+
+def _captured_figures(monkeypatch) -> list:
+    """Figures the benchmark plots close after saving (they are kept here to be inspected)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    figures: list = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    return figures
+
+
+@pytest.mark.parametrize("script, better", [("tangent_alignment", "lower"), ("convergence", "lower"),
+                                            ("cost", "higher"), ("feature_map_training", "higher")])
+def test_committed_plots_say_which_way_is_better_and_show_coinciding_lines(script, better, monkeypatch, tmp_path):
+    """Every benchmark plot, redrawn from its committed JSON, says on its y axis which way is better; in the
+    tangent-alignment plot pixel L2 (0.5 by construction) is not hidden under pseudo-Huber: the legend says so."""
+    figures = _captured_figures(monkeypatch)
+    bench = load_script(BENCHMARKS / f"{script}.py")
+    results = BENCHMARKS / "results"
+    path = tmp_path / "plot.png"
+    if script == "tangent_alignment":
+        bench.plot(json.loads((results / "tangent-alignment-cpu.json").read_text()), path)
+    elif script == "convergence":
+        bench.plot(json.loads((results / "convergence-distill-cpu.json").read_text()), path)
+    elif script == "cost":
+        r = json.loads((results / "cost-cpu.json").read_text())
+        c = r["config"]
+        bench.plot(r["rows"], tuple(c["cases"]), tuple(c["resolutions"]), sorted(c["batch_sizes"]), path, "caption")
+    else:
+        r = json.loads((results / "feature-map-training-cpu.json").read_text())
+        bench.plot(r["candidates"], r["random_init"], path)
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    labelled = [ax for fig in figures for ax in fig.axes if ax.get_ylabel()]
+    assert labelled and all(ax.get_ylabel().endswith(f"({better} is better)") for ax in labelled)
+    if script == "tangent_alignment":
+        legend = [t.get_text() for t in labelled[0].get_legend().get_texts()]
+        assert "pseudo-Huber (iCT c) (same as L2)" in legend, legend
+
+
+def test_coincident_series_finds_lines_drawn_on_top_of_each_other():
+    common = load_script(BENCHMARKS / "_common.py")
+    series = {"L2": [0.5, 0.5], "pseudo-Huber": [0.5, 0.5004], "MFD": [0.02, 0.03], "MFD again": [0.02, 0.03]}
+    assert common.coincident_series(series) == {"pseudo-Huber": "L2", "MFD again": "MFD"}
+    assert common.coincident_series({"a": [0.5], "b": [0.51]}) == {}
+    with pytest.raises(ValueError, match="lower"):
+        common.better_label("FD", "smaller")

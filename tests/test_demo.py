@@ -14,7 +14,7 @@ def test_demo_prints_a_row_per_residual_kind_with_equal_pixel_error(capsys):
     assert main(["demo", "--num-images", "8"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^(\S.*?)\s+(on|off)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
-    assert len(rows) == 8
+    assert len(rows) == 8, out
     l2 = {float(r[2]) for r in rows}
     huber = {float(r[3]) for r in rows}
     assert len(l2) == 1 and len(huber) == 1  # every residual has the same pixel error, by construction
@@ -78,3 +78,20 @@ def test_packaged_mnist_sample_is_the_first_64_test_digits():
     assert torch.equal(images, archive[0][:64]) and torch.equal(labels, archive[1][:64])
     with pytest.raises(ValueError, match="no packaged sample"):
         mfd_loss.load_sample_images("svhn")
+
+
+
+@pytest.mark.skipif("cifar10" not in mfd_loss.list_pretrained(), reason="the default map is not registered")
+def test_demo_shows_the_random_init_control_and_explains_every_column(capsys):
+    assert main(["demo", "--num-images", "8"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("residual kind"))
+    assert header.split()[-4:] == ["MFD", "trained", "MFD", "random"]
+    legend = [line.split()[0] for line in out.splitlines() if re.match(r"^  \S", line)]
+    for column in ("residual", "manifold", "L2^2", "pseudo-Huber", "MFD", "along", "elsewhere"):
+        assert column in legend, column
+    assert {"MFD trained", "MFD random"} <= {line[:14].strip() for line in out.splitlines()}  # gradient split rows
+    trained, random = map(float, re.search(r"trained map ([\d.]+)x,\s+random-init map ([\d.]+)x", out).groups())
+    assert trained > random > 0
+    tangent = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(MFD \w+)\s+([\d.]+)%", out, flags=re.M)}
+    assert tangent["MFD trained"] < tangent["MFD random"] < 50  # the trained map's update avoids the tangent

@@ -183,6 +183,27 @@ def test_snippets_run(page, tmp_path, monkeypatch):
                      "'cifar10'); these snippets need its embedded weights: " + "; ".join(missing_weights))
 
 
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_entry_pages_hide_no_setup(page):
+    """The README and the quickstart are copied as they are: no block may rely on hidden setup code."""
+    hidden = [s.line for s in extract_snippets(ROOT / page) if s.hidden]
+    assert not hidden, f"{page} hides setup code at line(s) {hidden}; put it in the block a reader sees"
+
+
+def test_quickstart_training_snippet_warns_nothing_and_defines_every_r2(tmp_path, monkeypatch):
+    """The quickstart's training block runs without a UserWarning and reports a defined R^2 for every label."""
+    snippets = extract_snippets(ROOT / "docs" / "index.md")
+    block = next(s for s in snippets if "train_feature_map(" in s.code)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__main__"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        exec(compile(block.code, "index.md", "exec"), namespace)
+    metrics = namespace["summary"]["metrics"]
+    assert metrics["undefined"] == {}
+    assert all(value == value for value in metrics["r2"].values())  # no NaN
+
+
 def test_api_page_documents_every_public_name():
     import mfd_loss
 

@@ -215,3 +215,23 @@ def test_ddp_broadcast_of_parameters_and_buffers_leaves_the_map_intact(shipped, 
         dist.destroy_process_group()
     with torch.no_grad():
         assert torch.equal(ours.loss(x, y), before)
+
+
+def test_torch_save_of_a_host_needs_weights_only_false_as_the_docs_say(shipped, fixed, tmp_path):
+    """``torch.save(host)`` snapshots load back only with ``weights_only=False`` (torch >= 2.6 default is True);
+    docs/hub.md and docs/troubleshooting.md, which recommend such snapshots, must say so."""
+    import pickle as _pickle
+
+    host = Host(copy.deepcopy(shipped))
+    path = tmp_path / "host.pt"
+    torch.save(host, path)
+    with pytest.raises(_pickle.UnpicklingError):
+        torch.load(path)
+    again = torch.load(path, weights_only=False)
+    x, y = fixed
+    assert torch.equal(again.loss(x, y), host.loss(x, y))
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for page in ("hub.md", "troubleshooting.md"):
+        assert "weights_only=False" in (docs / page).read_text(), page

@@ -142,3 +142,35 @@ def test_lightning_module_trains_logs_and_keeps_mfd_out_of_ema_and_checkpoint(pa
     ema_weights = [checkpoint["state_dict"]["denoiser." + name] for name, _ in module.denoiser.named_parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(ema_weights, before)), "the EMA weights did not move"
     assert (page_env / "ayt.ckpt").stat().st_size < 1_000_000  # MFD's map alone is 9 MB
+
+
+def test_openai_cm_recipe_passes_loss_norm_through_and_every_recipe_names_what_it_was_verified_against():
+    """At openai/consistency_models e32b69e ``--loss_norm`` never reaches KarrasDenoiser: the recipe must edit
+    ``cm/script_util.py`` and ``scripts/cm_train.py`` (without them ``--loss_norm mfd`` trains with LPIPS)."""
+    text = PAGE.read_text()
+    section = text[text.index("## Consistency Models (openai/consistency_models)"):text.index("## diffusers")]
+    assert "+++ b/cm/script_util.py" in section and '+    loss_norm="lpips",' in section
+    assert "+        loss_norm=loss_norm," in section
+    assert '+    model_and_diffusion_kwargs["loss_norm"] = args.loss_norm' in section
+    assert "the training scripts pass `--loss_norm` through" not in text
+    table = text[text.index("| host |"):text.index("## What changes")]
+    for host, pin in [("ECT", "4311059"), ("Consistency Models", "e32b69e"), ("diffusers", "diffusers 0."),
+                      ("PyTorch Lightning", "lightning 2.")]:
+        row = next(line for line in table.splitlines() if line.startswith(f"| [{host}]"))
+        assert pin in row, f"the {host} row names no verified commit or version: {row}"
+
+
+@pytest.mark.parametrize("script, env", [("verify_ect.py", "MFD_ECT_CHECKOUT"),
+                                         ("verify_openai_cm.py", "MFD_OPENAI_CM_CHECKOUT")])
+def test_host_recipe_scripts_against_a_checkout(script, env):
+    """Runs a ``.ci/host_recipes`` script when a host checkout is given (no network here: skipped otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    checkout = os.environ.get(env)
+    if not checkout:
+        pytest.skip(f"set {env} to a checkout of the host at the commit docs/integrations.md names")
+    result = subprocess.run([sys.executable, str(ROOT / ".ci" / "host_recipes" / script), checkout],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "OK:" in result.stdout, result.stdout + result.stderr

@@ -142,7 +142,7 @@ def test_normalize_maps_unit_range_to_model_range(tiny_map, images):
         (lambda x: x[:2, :1], r"1 channel.*3-channel"),
         (lambda x: torch.cat([x[:2], x[:2, :1]], 1), r"4 channel.*3-channel"),
         (lambda x: x[:2].permute(0, 2, 3, 1), r"channels-last \(N, H, W, C\).*permute\(0, 3, 1, 2\)"),
-        (lambda x: x[:2, :, :16, :16], r"16x16 pixels.*at least 32x32"),
+        (lambda x: x[:2, :, :16, :16], r"trained on 32x32 images and inputs are 16x16.*pad them to 32x32"),
         (lambda x: x[:0], r"empty batch"),
     ],
 )
@@ -354,10 +354,42 @@ def test_compile_fullgraph_matches_eager(capture_case):
     ref_value, ref_grad = _value_and_grad(loss, x, y)
     torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
-    checked = MFD(pretrained=None, feature_map=loss.feature_map)  # the value checks cannot be captured
+
+
+
+def test_compile_captures_the_default_module_and_the_tangent_loss_without_graph_breaks(capture_case):
+    """``torch.compile(MFD(...), fullgraph=True)`` with the defaults (value checks on: skipped while compiling),
+    ``TangentLoss(MFD(...))`` with ECT's ``consistency_weight``, and plain ``torch.compile`` logs no graph break."""
+    from torch._dynamo.utils import counters
+
+    from mfd_loss import TangentLoss
+    from mfd_loss.consistency import consistency_weight
+
+    loss, x, y = capture_case
+    checked = MFD(pretrained=None, feature_map=loss.feature_map)  # validate_args=True, the default
     torch._dynamo.reset()
-    with pytest.raises(Exception, match="(?i)data-dependent|item|graph break|guard"):
-        torch.compile(checked, fullgraph=True, backend="aot_eager")(x, y)
+    value, grad = _value_and_grad(torch.compile(checked, fullgraph=True, backend="aot_eager"), x, y)
+    ref_value, ref_grad = _value_and_grad(checked, x, y)
+    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+    tangent = TangentLoss(checked)
+    t, r = torch.tensor([2.0, 0.5]), torch.tensor([1.5, 0.25])
+
+    def ayt_loss(prediction, target, t, r):
+        return tangent(prediction, target, weight=consistency_weight(t, r))
+
+    torch._dynamo.reset()
+    counters.clear()
+    value, grad = _value_and_grad(lambda a, b: torch.compile(ayt_loss, backend="aot_eager")(a, b, t, r), x, y)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    ref_value, ref_grad = _value_and_grad(lambda a, b: ayt_loss(a, b, t, r), x, y)
+    torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+    torch.compile(ayt_loss, fullgraph=True, backend="aot_eager")(x.clone().requires_grad_(True), y, t, r).backward()
+    with pytest.raises(ValueError, match="t > r"):  # eagerly, the check still runs
+        consistency_weight(r, t)
 
 
 @pytest.mark.slow

@@ -177,13 +177,27 @@ def test_cli_trains_a_folder_and_mfd_loads_it(tmp_path, real):
     assert (out / "eval.csv").read_text().count("\n") == 2  # header + the final evaluation
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_match_one_process(tmp_path, real):
+@pytest.mark.parametrize("launcher", ["standalone", "c10d"])
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, real, launcher):
+    """``torchrun --standalone`` and the multi-node form on one node (``--nnodes 1 --rdzv-backend c10d``, what
+    docs/training.md gives for N nodes) both reproduce one process with the whole batch."""
     np.save(tmp_path / "x.npy", real.permute(0, 2, 3, 1).numpy())
     args = ["train", "--data", str(tmp_path / "x.npy"), "--arch", "vgg11", "--width", "0.125", "--steps", "3",
             "--batch-size", "16", "--ramp-steps", "2", "--eval-fraction", "0", "--eval-every", "0", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    rendezvous = (["--standalone"] if launcher == "standalone" else
+                  ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}",
+                   "--rdzv-id", "mfd-test"])
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", "2",
                     "-m", "mfd_loss.cli", *args, "--out", str(tmp_path / "ddp")], check=True, env=env,
                    capture_output=True, timeout=300)
     assert cli_main([*args, "--out", str(tmp_path / "single")]) == 0

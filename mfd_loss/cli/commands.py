@@ -21,11 +21,27 @@ from ..training.interrupt import exit_status
 
 __all__ = ["main", "build_parser", "train_settings"]
 
-DOCS = "docs/training.md"
+
+
+def _documentation() -> str:
+    """Where a user of the installed package reads the docs: the package's Documentation URL when its metadata
+    has one (``[project.urls]``), else the docs/ folder of the source distribution (a wheel holds no docs/)."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("mfd-loss").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        urls = []
+    found = [u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("documentation,")]
+    return found[0] if found else "the docs/ folder of the mfd-loss source distribution (pip download --no-binary :all: mfd-loss)"
+
+
+DOCS_HOME = _documentation()
+DOCS = DOCS_HOME if DOCS_HOME.startswith("http") else "docs/training.md of the mfd-loss source distribution"
 
 # Errors that mean "the user asked for something that cannot be done", not a bug: reported in one line.
 # OSError covers FileNotFoundError, PermissionError, ConnectionError and huggingface_hub's HTTP errors.
-USER_ERRORS = (ValueError, KeyError, OSError)
+USER_ERRORS = (ValueError, KeyError, OSError, ImportError)  # ImportError: an optional extra is missing
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -40,9 +56,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _recipe_lines() -> str:
+    """One line per named recipe (--recipe), from the registry itself, so that none is left out."""
+    from ..training import RECIPES, recipe_settings
+
+    lines = []
+    for name in RECIPES:
+        r = recipe_settings(name)
+        decay = f", lr decays over the last {r['lr_decay_fraction']:.0%}" if r["lr_decay_fraction"] else ""
+        lines.append(f"  {name:<9}{r['arch']} width {r['width']:g}, batch {r['batch_size']}, {r['steps']:,} "
+                     f"steps, lr {r['lr']:g}{decay}, {r['precision']}")
+    return "\n".join(lines)
+
+
 _TRAIN_EPILOG = f"""recipes (--recipe; any flag given explicitly overrides the recipe's value):
-  default  TrainConfig's defaults: VGG16-BN width 1, batch 512, 400k steps, lr 1e-4, p 0.15, ramp 1/8, fp32
-  paper    the paper's CIFAR-10 recipe for a GPU: the same with --precision bf16
+{_recipe_lines()}
 
 examples:
   # the paper's recipe on a CUDA GPU (bf16 autocast); rerun the same command to resume
@@ -145,8 +173,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--max-minutes", type=float, default=None, help="stop with a checkpoint after this long; rerun to resume")
     run.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available, else cpu; under "
                                                     "torchrun: one GPU per process)")
-    run.add_argument("--export-dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the exported weights")
+    run.add_argument("--export-dtype", default="float16", choices=["float32", "float16"],
+                     help="storage dtype of the exported weights (as export --dtype)")
     run.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
+    run.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
+                     help="also send the loss, learning rate, images/s, per-label R^2 and a grid of perturbed inputs "
+                          "to TensorBoard (OUT/tensorboard) or Weights & Biases; needs pip install "
+                          "\"mfd-loss[tensorboard]\" or \"mfd-loss[wandb]\" (the CSV logs are written either way)")
     run.add_argument("--push-to-hub", default=None, metavar="ORG/REPO",
                      help="when training finishes, publish the exported map to this Hugging Face Hub repo")
     p.set_defaults(func=_run_train)
@@ -172,11 +205,19 @@ def train_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     return TrainConfig(**{**settings, "spec": spec}), arch
 
 
+def _check_data_dir(data_dir: str | None, download: bool = False) -> None:
+    """An explicit --data-dir must exist (else it would be passed over for another folder, or for a download)."""
+    if data_dir is not None and not download and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist; give the folder that holds the data "
+                                "(for torchvision:NAME add --download to fetch it there)")
+
+
 def _run_train(args: argparse.Namespace) -> int:
     import torch
 
     from ..training.loop import train_feature_map
 
+    _check_data_dir(args.data_dir, args.download)
     config, architecture = train_settings(args)
     from ..training.datasets import ARCHIVES
 
@@ -189,7 +230,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.data, args.out, config=config, architecture=architecture, eval_data=eval_data,
         input_range=tuple(args.input_range) if args.input_range else None, resume=not args.no_resume,
         max_minutes=args.max_minutes, device=args.device, num_workers=args.num_workers, dataset=dataset,
-        export_dtype=getattr(torch, args.export_dtype), source_kwargs=source_kwargs,
+        export_dtype=getattr(torch, args.export_dtype), source_kwargs=source_kwargs, report_to=args.report_to,
     )
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
@@ -235,6 +276,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from ..training.image_sources import collate_images, open_image_source
     from ..training.export import export_run
 
+    _check_data_dir(args.data_dir)
     eval_images, eval_name = None, None
     if args.data:
         held_out = open_image_source(args.data, split="test", root=args.data_dir)
@@ -249,7 +291,7 @@ def _run_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``mfd-loss`` parser with every subcommand (each with ``--debug`` and the shared help formatter)."""
     parser = argparse.ArgumentParser(prog="mfd-loss", formatter_class=HelpFormatter,
-                                     description="Manifold Feature Distance tools. Documentation: docs/index.md")
+                                     description=f"Manifold Feature Distance tools. Documentation: {DOCS_HOME}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
@@ -264,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_user_error(err: BaseException) -> bool:
-    # httpx (huggingface_hub's transport) raises its own network errors, which are not OSErrors
-    return isinstance(err, USER_ERRORS) or type(err).__module__.split(".")[0] == "httpx"
+    # huggingface_hub's transport (httpx, or httpx2 in recent releases) raises its own network errors, not OSErrors
+    return isinstance(err, USER_ERRORS) or type(err).__module__.split(".")[0] in ("httpx", "httpx2")
 
 
 def _one_line(err: BaseException) -> str:

@@ -130,18 +130,24 @@ def r_from_t(t: Tensor, q: float = 256.0, k: float = 8.0, b: float = 1.0, stage:
     return (t * (1.0 - ratio)).clamp_min(0.0)
 
 
-def consistency_weight(t: Tensor, r: Tensor) -> Tensor:
+def consistency_weight(t: Tensor, r: Tensor, *, validate_args: bool = True) -> Tensor:
     """ECT's per-sample loss weight w = 1 / (t - r).
 
+    Args:
+        t: the larger noise level of each pair, any shape.
+        r: the smaller one, the same shape, r < t.
+        validate_args: check t > r (one host synchronisation per call on a GPU). False skips it, as does
+            ``torch.compile`` while tracing (``torch.compiler.is_compiling()``), so a compiled loss captures it.
+
     Raises:
-        ValueError: some t <= r (the pair would have no gap).
+        ValueError: some t <= r (the pair would have no gap); only when checked.
 
     Examples:
         >>> consistency_weight(torch.tensor([2.0]), torch.tensor([1.5]))
         tensor([2.])
     """
     gap = t - r
-    if bool((gap <= 0).any()):
+    if validate_args and not torch.compiler.is_compiling() and bool((gap <= 0).any()):
         raise ValueError("consistency_weight needs t > r for every sample")
     return 1.0 / gap
 

@@ -146,8 +146,9 @@ def tangent_loss(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """AYT's direction-replacement loss: value mean_b w_b d_b, gradient w.r.t. the prediction w_b g^_b / B.
 
-    Computes g_b = d d(D_t,b, D_r,b) / d D_t,b with ``torch.autograd.grad`` w.r.t. a detached copy of the
-    prediction (no graph is kept, and no parameter of the distance receives a gradient or a ``.grad``), then
+    Computes g_b = d d(D_t,b, D_r,b) / d D_t,b with ``torch.func.vjp`` w.r.t. a detached copy of the
+    prediction (no graph is kept, and no parameter of the distance receives a gradient or a ``.grad``; unlike
+    ``torch.autograd.grad`` it lets ``torch.compile(fullgraph=True)`` capture the whole loss), then
 
         g^_b = g_b / max(||g_b||_2, eps)   (direction="normalized"; "raw" uses g_b as is)
         L_b = w_b [ stopgrad(d_b) + <D_t,b - stopgrad(D_t,b), g^_b> ],   reduced over b.
@@ -197,17 +198,23 @@ def tangent_loss(
     """
     _check_pair(prediction, target, weight)
     _check_options(direction, reduction, eps)
-    with torch.enable_grad():  # also under torch.no_grad(): the direction is needed for the value too
-        probe = prediction.detach().requires_grad_(True)
-        distance = distance_fn(probe, target.detach())
+    target = target.detach()
+
+    def per_sample_distance(probe: Tensor) -> Tensor:
+        distance = distance_fn(probe, target)
         if not isinstance(distance, Tensor) or distance.shape != prediction.shape[:1]:
             shape = tuple(distance.shape) if isinstance(distance, Tensor) else type(distance).__name__
             raise ValueError(f"distance_fn must return per-sample values of shape (N,) = ({prediction.shape[0]},), "
                              f"got {shape}; use reduction='none' on loss modules such as MFD")
         if not distance.requires_grad:
             raise ValueError("distance_fn's value does not depend differentiably on the prediction")
-        (grad,) = torch.autograd.grad(distance.sum(), probe)
-    grad = grad.float().flatten(1)
+        return distance
+
+    # torch.func.vjp rather than torch.autograd.grad: the same gradient, and torch.compile(fullgraph=True) captures it
+    with torch.enable_grad():  # also under torch.no_grad(): the direction is needed for the value too
+        distance, pullback = torch.func.vjp(per_sample_distance, prediction.detach())
+        (grad,) = pullback(torch.ones_like(distance))
+    grad = grad.detach().float().flatten(1)  # a constant direction: no graph to the distance's parameters
     if direction == "normalized":
         grad = grad / grad.norm(dim=1, keepdim=True).clamp_min(eps)
     flat = prediction.float().flatten(1)

@@ -25,7 +25,7 @@ from torch import nn
 from .download import corrupted_message, download_folder, is_offline, is_repo_ref, parse_repo_ref, verify_hub_file
 from .serialization import WEIGHTS_NAME, IntegrityError, load_feature_map, sha256_file
 
-__all__ = ["PretrainedSpec", "ResolvedPretrained", "PretrainedReference", "LoadedPretrained", "register_pretrained",
+__all__ = ["UnknownPretrainedError", "PretrainedSpec", "ResolvedPretrained", "PretrainedReference", "LoadedPretrained", "register_pretrained",
            "unregister_pretrained", "list_pretrained", "get_pretrained_spec", "resolve_pretrained", "open_pretrained",
            "load_pretrained", "download_pretrained"]
 
@@ -96,16 +96,25 @@ def list_pretrained() -> dict[str, str]:
     return {name: spec.description for name, spec in _REGISTRY.items()}
 
 
+class UnknownPretrainedError(ValueError, KeyError):
+    """An unknown pretrained name: a ``ValueError`` (a bad argument value, as the rest of the package raises) that
+    is also the ``KeyError`` earlier versions raised, so existing ``except KeyError`` code keeps working. Its
+    message prints as text (a plain ``KeyError`` prints its message in quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def get_pretrained_spec(name: str) -> PretrainedSpec:
     """The registry entry for a name.
 
     Raises:
-        KeyError: unknown name; the message lists the known ones.
+        UnknownPretrainedError: (a ValueError and a KeyError) unknown name; the message lists the known ones.
     """
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"no pretrained feature map named {name!r}; available: {sorted(_REGISTRY)} "
+        raise UnknownPretrainedError(f"no pretrained feature map named {name!r}; available: {sorted(_REGISTRY)} "
                        "(or pass a local folder / .safetensors file, or a Hub repo 'org/repo[@revision]')") from None
 
 

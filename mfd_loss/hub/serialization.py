@@ -226,10 +226,15 @@ def load_feature_map(
     path = Path(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     config_path = weights.parent / CONFIG_NAME
-    for f in (weights, config_path):
-        if not f.is_file():
-            raise FileNotFoundError(f"feature-map file not found: {f} (a map is a folder with {WEIGHTS_NAME} "
-                                    f"and {CONFIG_NAME})")
+    if not weights.is_file():
+        raise FileNotFoundError(f"feature-map file not found: {weights} (a map is a folder with {WEIGHTS_NAME} "
+                                f"and {CONFIG_NAME})")
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"feature-map file not found: {config_path}. A .safetensors file loads only with the {CONFIG_NAME} that "
+            f"describes its architecture and labels beside it, as save_pretrained and mfd-loss export write them; "
+            f"put it in {weights.parent}, or pass the folder that holds both" if path.suffix == ".safetensors"
+            else f"feature-map file not found: {config_path} (a map is a folder with {WEIGHTS_NAME} and {CONFIG_NAME})")
     config = read_config(config_path)
     _check_hashes(weights, config_path, config, expected_sha256)
     arch = config["architecture"]

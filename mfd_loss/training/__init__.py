@@ -7,7 +7,8 @@
 - :mod:`~mfd_loss.training.data`, :mod:`~mfd_loss.training.image_sources`, :mod:`~mfd_loss.training.datasets`:
   batch order, held-out split and data fingerprint; every kind of user data; the project's archives;
 - :mod:`~mfd_loss.training.checkpoint`, :mod:`~mfd_loss.training.interrupt`,
-  :mod:`~mfd_loss.training.distributed`: atomic checkpoints, SIGTERM/SIGINT handling, DDP helpers.
+  :mod:`~mfd_loss.training.distributed`: atomic checkpoints, SIGTERM/SIGINT handling, DDP helpers;
+- :mod:`~mfd_loss.training.reporting`: ``--report-to`` TensorBoard / Weights & Biases reporters.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .config import TrainConfig
 from .datasets import to_model_range
-from .image_sources import collate_images, open_image_source
+from .image_sources import collate_images, describe_image, open_image_source
 
 __all__ = ["StepBatchSampler", "split_held_out", "data_fingerprint"]
 
@@ -116,15 +116,18 @@ def _prepare_data(
     if eval_data is None and config.eval_fraction > 0:
         train_idx, held_idx = split_held_out(len(dataset), config.eval_fraction, config.seed)
         held_idx = held_idx[:config.eval_size]
-        eval_images = to_model_range(collate_images([dataset[i] for i in held_idx]), input_range)
+        eval_images = to_model_range(collate_images([dataset[i] for i in held_idx]), input_range,
+                                     describe=lambda j: describe_image(dataset, held_idx[j]))
     else:
         train_idx = list(range(len(dataset)))
         eval_images = None
         if eval_data is not None:
             eval_set = open_image_source(eval_data, split="test", **source_kwargs)
             n = min(len(eval_set), config.eval_size)
-            eval_images = to_model_range(collate_images([eval_set[i] for i in range(n)]), input_range)
-    probe = to_model_range(collate_images([dataset[i] for i in train_idx[:2]]), input_range)
+            eval_images = to_model_range(collate_images([eval_set[i] for i in range(n)]), input_range,
+                                         describe=lambda j: describe_image(eval_set, j).replace("training", "evaluation"))
+    probe = to_model_range(collate_images([dataset[i] for i in train_idx[:2]]), input_range,
+                           describe=lambda j: describe_image(dataset, train_idx[j]))
     shape = tuple(probe.shape[1:])
     if eval_images is not None and tuple(eval_images.shape[1:]) != shape:
         raise ValueError(f"evaluation images are {tuple(eval_images.shape[1:])} but training images are {shape}")

@@ -12,6 +12,7 @@ import io
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,12 +28,17 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Locate the folder holding ``cifar10/`` and ``mnist/`` archives.
 
     Looks at ``data_dir``, then ``$MFD_DATA_DIR``, then ``shared/data`` next to or above the current
-    directory (the layout of the project's checkout).
+    directory (the layout of the project's checkout). An explicit ``data_dir`` is the only place looked at.
 
     Raises:
-        FileNotFoundError: none of these exists; the message lists what was tried.
+        FileNotFoundError: an explicit ``data_dir`` that is not a folder, or none of the places exists; the
+            message lists what was tried.
     """
-    candidates = [Path(data_dir)] if data_dir is not None else []
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise FileNotFoundError(f"data folder {data_dir} does not exist (or is not a folder)")
+        return Path(data_dir)
+    candidates = []
     if os.environ.get("MFD_DATA_DIR"):
         candidates.append(Path(os.environ["MFD_DATA_DIR"]))
     here = Path.cwd().resolve()
@@ -145,20 +151,32 @@ def load_sample_images(name: str = "cifar10") -> tuple[Tensor, Tensor]:
         return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"].astype(np.int64))
 
 
-def to_model_range(batch: Tensor, input_range: tuple[float, float] | None = None) -> Tensor:
-    """Map a batch from its value range to float32 [-1, 1].
+def to_model_range(batch: Tensor, input_range: tuple[float, float] | None = None,
+                   describe: Callable[[int], str] | None = None) -> Tensor:
+    """Map a batch from its value range to float32 [-1, 1], after checking it is finite and in that range.
 
     Args:
         batch: (N, C, H, W); uint8 is taken as [0, 255]; float needs ``input_range``.
         input_range: (low, high) of float data, e.g. (0, 1) or (-1, 1).
+        describe: names the image at a batch position in error messages (the trainer passes its file or
+            index in the data set); default "image i of the batch".
 
     Returns:
         float32 tensor of the same shape, ``low`` mapped to -1 and ``high`` to 1.
 
     Raises:
-        ValueError: float data without a declared range, or values outside the declared range
-            (by more than 1% of its span), with the range actually found.
+        ValueError: float data holding NaN or Inf (naming the first images that do), float data without a
+            declared range, or values outside the declared range (by more than 1% of its span), with the range
+            actually found.
     """
+    if batch.is_floating_point():
+        finite = torch.isfinite(batch).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            name = describe or (lambda i: f"image {i} of the batch")
+            where = ", ".join(name(i) for i in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise ValueError(f"non-finite values (NaN or Inf) in {where}: training on them turns the loss into NaN; "
+                             "repair or remove those images")
     if batch.dtype == torch.uint8:
         lo, hi = (0.0, 255.0) if input_range is None else input_range
     elif input_range is None:

@@ -22,7 +22,7 @@ from .datasets import ARCHIVES, to_model_range
 
 __all__ = [
     "ImageTensorDataset", "ImageFolderDataset", "load_array", "open_image_source",
-    "collate_images", "to_model_range", "default_download_dir", "IMAGE_EXTENSIONS",
+    "collate_images", "describe_image", "to_model_range", "default_download_dir", "IMAGE_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -81,6 +81,23 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def infer_channels(self, sample: int = 16) -> str:
+        """Set ``channels`` from the files: 1 when every sampled image is grayscale (PIL modes "1", "L", "LA",
+        "I", "I;16", "F"), else 3. Looks at up to ``sample`` files spread over the folder; returns what it
+        inferred, in words (the trainer prints it)."""
+        from PIL import Image
+
+        step = max(1, len(self.files) // sample)
+        modes = set()
+        for path in self.files[::step][:sample]:
+            with Image.open(path) as im:
+                modes.add(im.mode)
+        gray = modes <= {"1", "L", "LA", "I", "I;16", "F"}
+        self.channels = 1 if gray else 3
+        kind = "grayscale: a 1-channel map" if gray else "colour: a 3-channel (RGB) map"
+        return (f"{self.channels} channel(s) inferred from the image modes {', '.join(sorted(modes))} of "
+                f"{min(sample, len(self.files[::step]))} sampled files ({kind}); --channels 1|3 overrides")
+
     def __getitem__(self, index: int) -> Tensor:
         from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2.functional import pil_to_tensor, resize
@@ -134,6 +151,14 @@ def load_array(path: str | os.PathLike, key: str | None = None, layout: str = "a
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def describe_image(dataset: Dataset, index: int) -> str:
+    """How an error message names image ``index`` of ``dataset``: its file for a folder, else its index."""
+    files = getattr(dataset, "files", None)
+    if files is not None:
+        return f"{files[index]} (image {index})"
+    return f"image {index} of the training data"
+
+
 def open_image_source(
     source: str | os.PathLike | Tensor | np.ndarray | Dataset,
     *,
@@ -160,7 +185,8 @@ def open_image_source(
         split: ``"train"`` or ``"test"`` for named data sets.
         root: for torchvision data sets; also serves as the data folder of the project archives.
         download: for torchvision data sets.
-        channels: for image folders (see :class:`ImageFolderDataset`).
+        channels: for image folders (see :class:`ImageFolderDataset`); None infers 1 or 3 from the files
+            (:meth:`ImageFolderDataset.infer_channels`) and records what it inferred as the folder's ``inferred``.
         size: for image folders (see :class:`ImageFolderDataset`).
         key: for array files (see :func:`load_array`).
         layout: for array files (see :func:`load_array`).
@@ -204,7 +230,10 @@ def open_image_source(
                                     "machine with internet, or point root at a folder that holds it") from None
     path = Path(text)
     if path.is_dir():
-        return ImageFolderDataset(path, channels=3 if channels is None else channels, size=size)
+        folder = ImageFolderDataset(path, channels=channels, size=size)
+        if channels is None:
+            folder.inferred = folder.infer_channels()
+        return folder
     if path.suffix in (".npy", ".npz"):
         return ImageTensorDataset(load_array(path, key=key, layout=layout))
     if path.exists():

@@ -22,9 +22,10 @@ then :func:`~mfd_loss.training.export.export_run`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,10 @@ from .data import StepBatchSampler, _describe_source, _generator, _mix, _prepare
 from .datasets import to_model_range
 from .distributed import init_distributed, max_over_processes, use_global_batchnorm
 from .export import export_run
-from .image_sources import collate_images
+from .image_sources import collate_images, describe_image
 from .interrupt import StopRequested, stop_reason
-from .logs import _Logs
+from .logs import _Logs, check_writable, warnings_above
+from .reporting import check_report_to, make_reporter
 
 __all__ = ["train_feature_map"]
 
@@ -82,6 +84,7 @@ def train_feature_map(
     export_dtype: torch.dtype = torch.float32,
     progress: bool = True,
     source_kwargs: dict[str, Any] | None = None,
+    report_to: str = "none",
 ) -> tuple[TapFeatureMap, dict[str, Any]]:
     """Train (or resume training) a feature map, then export it.
 
@@ -115,13 +118,19 @@ def train_feature_map(
         export_dtype: storage dtype of the exported weights.
         progress: show a tqdm bar (rank 0).
         source_kwargs: extra arguments of ``open_image_source`` (``root``, ``download``, ``channels``, ``size``, ...).
+        report_to: ``"none"``, ``"tensorboard"`` (event file in ``out_dir/tensorboard``) or ``"wandb"`` (run files
+            in ``out_dir/wandb``): rank 0 reports the loss, learning rate, p and images/s at each log row, the
+            held-out MSE and per-label R^2 at each evaluation, and a grid of 16 perturbed training inputs (see
+            :mod:`mfd_loss.training.reporting`). The CSV logs are written either way.
 
     Returns:
         (feature map on ``device``, summary with ``step``, ``finished``, ``stopped_by`` (None, ``"SIGINT"``,
         ``"SIGTERM"`` or ``"max_minutes"``), ``images_seen``, ``train_seconds``, ``metrics``).
 
     Raises:
-        ValueError: empty or mixed-size data, values outside ``input_range``, CUDA asked for but not available,
+        ValueError: empty or mixed-size data, NaN/Inf in an image (naming it; raised at the first batch holding it,
+            after the checkpoints of the steps before), values outside ``input_range``, CUDA asked for but not
+            available, an unknown ``report_to``,
             a spec that needs RGB for
             non-RGB data, a batch size not divisible by the number of processes, fewer than 2 held-out images,
             or a checkpoint written with a different recipe/architecture or on different data.
@@ -131,18 +140,27 @@ def train_feature_map(
             perturbation on), or an evaluation found labels with undefined R^2.
     """
     device = torch.device(default_device() if device is None else device)
+    check_report_to(report_to)  # an unknown name or a missing library fails before any work
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False (no GPU, or a CPU-only "
                          "torch build); use device='cpu' (--device cpu) or install a CUDA build of torch")
     ctx = init_distributed(device)
     out_dir = Path(out_dir)
+    if ctx.is_main:
+        check_writable(out_dir)  # before the data is loaded (minutes for a large folder)
     plan = _plan_run(data, eval_data, config, architecture, input_range, ctx.world_size, source_kwargs or {})
+    if getattr(plan.source, "inferred", None) and ctx.is_main:
+        tqdm.write(f"{_describe_source(data)}: {plan.source.inferred}", file=sys.stderr)
     run = _start_run(plan, config, ctx, out_dir / CHECKPOINT_NAME, resume)
     description = {"source": plan.fingerprint["source"], **(dataset or {}), "num_images": len(plan.train_idx),
                    "channels": plan.channels, "resolution": [plan.height, plan.width],
                    "input_range": list(input_range) if input_range else "uint8 [0, 255]"}
-    halt_code = _train_steps(run, plan, config, ctx, out_dir, description, input_range=input_range,
-                             max_minutes=max_minutes, num_workers=num_workers, progress=progress)
+    reporter = make_reporter(report_to if ctx.is_main else "none", out_dir / _REPORT_DIRS[report_to],
+                             config={**asdict(config), "architecture": plan.arch.to_dict()}, name=out_dir.name)
+    with closing(reporter):
+        halt_code = _train_steps(run, plan, config, ctx, out_dir, description, input_range=input_range,
+                                 max_minutes=max_minutes, num_workers=num_workers, progress=progress,
+                                 reporter=reporter)
     finished = run.step >= config.steps
     stopped_by = None if finished else stop_reason(halt_code)
     summary = {"step": run.step, "finished": finished, "stopped_by": stopped_by,
@@ -153,6 +171,9 @@ def train_feature_map(
     if finished and ctx.is_main:
         export_run(out_dir, out_dir, dtype=export_dtype)
     return run.model.eval(), summary
+
+
+_REPORT_DIRS = {"none": "", "tensorboard": "tensorboard", "wandb": ""}  # wandb makes its own wandb/ folder
 
 
 @dataclass
@@ -289,7 +310,7 @@ def _save(run: _Run, plan: _Plan, config: TrainConfig, path: Path, description: 
 
 def _train_steps(run: _Run, plan: _Plan, config: TrainConfig, ctx: Any, out_dir: Path, description: dict[str, Any],
                  *, input_range: tuple[float, float] | None, max_minutes: float | None, num_workers: int,
-                 progress: bool) -> int:
+                 progress: bool, reporter: Any = None) -> int:
     """Train from ``run.step`` until ``config.steps``, a stop signal or ``max_minutes``; log, evaluate and
     checkpoint on the way. Returns the halt code (0: not halted, 1: out of time, else the signal number)."""
     schedule = replace(config, ramp_steps=run.ramp_length)  # the p schedule of this run
@@ -298,17 +319,19 @@ def _train_steps(run: _Run, plan: _Plan, config: TrainConfig, ctx: Any, out_dir:
         net = torch.nn.parallel.DistributedDataParallel(use_global_batchnorm(run.model, ctx.device),
                                                         device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     shard = slice(ctx.rank * config.batch_size // ctx.world_size, (ctx.rank + 1) * config.batch_size // ctx.world_size)
-    loader = DataLoader(plan.source, batch_sampler=StepBatchSampler(plan.train_idx, config.batch_size, config.seed,
-                                                                    run.step, config.steps),
-                        collate_fn=collate_images, num_workers=num_workers, persistent_workers=False)
-    logs = _Logs(out_dir, plan.spec, run.step, ctx.is_main)
+    sampler = StepBatchSampler(plan.train_idx, config.batch_size, config.seed, run.step, config.steps)
+    loader = DataLoader(plan.source, batch_sampler=sampler, collate_fn=collate_images, num_workers=num_workers,
+                        persistent_workers=False)
+    logs = _Logs(out_dir, plan.spec, run.step, ctx.is_main, reporter)
     started = time.monotonic()
     halt_code = 0
     bar = tqdm(total=config.steps, initial=run.step, disable=not (progress and ctx.is_main), desc="feature map",
                unit="step")
-    with StopRequested() as stop:
+    with bar, warnings_above(bar), StopRequested() as stop:  # an error prints below the bar's last line
         for batch in loader:
-            x = to_model_range(batch, input_range).to(ctx.device)
+            x = to_model_range(batch, input_range,  # a NaN/Inf image stops the run here, naming it
+                               describe=lambda j: describe_image(plan.source, sampler.batch(run.step)[j]))
+            x = x.to(ctx.device)
             xp, labels = plan.perturbations(x, generator=_generator(config.seed, 3, run.step),
                                             p=schedule.probability(run.step))
             loss = _optimizer_step(run, net, xp[shard], labels[shard], config, ctx.device)
@@ -319,7 +342,7 @@ def _train_steps(run: _Run, plan: _Plan, config: TrainConfig, ctx: Any, out_dir:
             save_now = run.step % config.checkpoint_every == 0 or run.step == config.steps or halt_code
             if ctx.is_main:
                 logs.train(run, loss, schedule, config, started, bar, force=bool(save_now))
-                logs.evaluate(run, plan, config, bar)
+                logs.evaluate(run, plan, config, bar, xp)
             if save_now:
                 run.train_seconds += time.monotonic() - started
                 started = time.monotonic()
