@@ -35,7 +35,8 @@ def test_cpu_only_torch_install_is_documented_and_used_by_ci():
     assert CPU_INDEX in (ROOT / "docs" / "index.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = next(c for c in _readme_commands() if "pytest" in c)
-    assert readme_cpu[0] in ci and ci.index(readme_cpu[0]) < ci.index(test_command)
+    # CI runs the same install, pinned to the tested torch/torchvision, before the test command
+    assert CPU_INDEX in ci and ci.index(CPU_INDEX) < ci.index(test_command)
 
 
 def test_every_manifest_pattern_matches_a_file():
