@@ -60,6 +60,16 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def _archive(split: str, data_dir: str | os.PathLike | None, relative: str, what: str) -> Path:
+    """Path of a project archive below the data folder, after checking the split name and that the file exists."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = find_data_dir(data_dir) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} archive not found at {path}")
+    return path
+
+
 def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:
     """CIFAR-10 from the project's JPEG archives, in the original order.
 
@@ -73,11 +83,7 @@ def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None
     Raises:
         ValueError: unknown split. FileNotFoundError: the archive is missing.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    path = find_data_dir(data_dir) / "cifar10" / f"cifar10_{split}_jpeg.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 archive not found at {path}")
+    path = _archive(split, data_dir, f"cifar10/cifar10_{split}_jpeg.npz", "CIFAR-10")
     with np.load(path) as z:
         images = _decode_jpegs(z["jpeg"], z["offsets"])
         labels = torch.from_numpy(z["labels"].astype(np.int64))
@@ -90,11 +96,7 @@ def load_mnist(split: str = "train", data_dir: str | os.PathLike | None = None) 
     Returns:
         images (N, 1, 28, 28) uint8 and labels (N,) int64.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    path = find_data_dir(data_dir) / "mnist" / "mnist_train60000_test3000.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"MNIST archive not found at {path}")
+    path = _archive(split, data_dir, "mnist/mnist_train60000_test3000.npz", "MNIST")
     with np.load(path) as z:
         images = torch.from_numpy(z[f"x_{split}"])[:, None]
         labels = torch.from_numpy(z[f"y_{split}"].astype(np.int64))
@@ -118,11 +120,8 @@ def load_tinyimagenet(split: str = "train", data_dir: str | os.PathLike | None =
     Raises:
         ValueError: unknown split. FileNotFoundError: the archive is missing.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    path = find_data_dir(data_dir) / "tinyimagenet" / f"tinyimagenet_{'train' if split == 'train' else 'val'}_jpeg.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"Tiny ImageNet archive not found at {path}")
+    path = _archive(split, data_dir, f"tinyimagenet/tinyimagenet_{'train' if split == 'train' else 'val'}_jpeg.npz",
+                    "Tiny ImageNet")
     with np.load(path, allow_pickle=False) as z:
         images = _decode_jpegs(z["jpeg_data"], z["jpeg_offsets"])
         labels = torch.from_numpy(z["labels"].astype(np.int64))
