@@ -4,7 +4,7 @@ Runs the reference loop ``examples/train_consistency_model.py`` for every (data 
 of a configuration and records the Fréchet distance of 1-step and 2-step samples of the EMA network against
 training iterations and training wall-clock (evaluation and checkpoint time excluded). The Fréchet distance
 is FID when Inception weights are cached, otherwise ``FD_cnn-<dataset>`` on a small classifier trained first
-by ``examples/train_fd_classifier.py`` (never called FID). The headline is the share of ECT's iterations
+by ``benchmarks/fd_classifier.py`` (never called FID). The headline is the share of ECT's iterations
 (and wall-clock) that each other loss needs to reach ECT's final 1-step quality (AYT reports about 1/10 on
 CIFAR-10 at batch 128, METHOD.md Sec. 6), from the mean curve over seeds, and AYT at batch 16 against ECT at
 batch 128.
@@ -67,7 +67,7 @@ from _common import (  # noqa: E402
 import _training  # noqa: E402
 import train_consistency_model as ct  # noqa: E402
 import train_diffusion_model as dm  # noqa: E402
-import train_fd_classifier as fdc  # noqa: E402
+import fd_classifier as fdc  # noqa: E402
 
 # ------------------------------------------------------------------------------------- configurations
 _TINY_UNET = ["--channels", "16", "--channel-mult", "1,2", "--num-blocks", "1", "--attention", "none"]
@@ -256,7 +256,8 @@ def fd_classifier(dataset: str, home: Path, steps: int, device: torch.device) ->
     folder = home / f"fd-{dataset}"
     with exclusive(folder):
         if not (folder / "model.safetensors").is_file():
-            fdc.main(fdc.parse_args(["--dataset", dataset, "--out", str(folder), "--steps", str(steps),
+            fdc.main(fdc.parse_args(["--dataset", dataset, "--out", str(folder), "--epochs", "1", "--batch-size", "64",
+                                     "--train-limit", str(64 * steps), "--widths", "8,16,32,64",
                                      "--device", device.type]))
     return folder
 

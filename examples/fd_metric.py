@@ -2,7 +2,7 @@
 
 The field's number is FID: the Fréchet distance between Inception-v3 pool features of real and generated
 images. Inception weights cannot always be downloaded; then this module uses a small classifier trained by
-``examples/train_fd_classifier.py`` on the same data set and reports the number as ``FD_<network>``, never
+``benchmarks/fd_classifier.py`` on the same data set and reports the number as ``FD_<network>``, never
 as FID (the two are not comparable). The feature network is never the MFD feature map itself: a model trained
 against a metric's network would be graded by its own teacher.
 
@@ -13,6 +13,7 @@ library's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,80 +22,106 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["SmallCNN", "save_classifier", "load_classifier", "inception_available", "FrechetDistance"]
+from mfd_loss.checkpoint import atomic_write
+
+__all__ = ["ResNetClassifier", "save_classifier", "load_classifier", "file_sha256", "inception_available", "FrechetDistance"]
 
 CLASSIFIER_WEIGHTS = "model.safetensors"
 CLASSIFIER_CONFIG = "config.json"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # the file torch-fidelity caches
 
 
-class SmallCNN(nn.Module):
-    """A VGG-like classifier for 32x32 images whose penultimate layer gives the Fréchet-distance features.
+class ResNetClassifier(nn.Module):
+    """A ResNet-9-style classifier for 32x32 images whose globally max-pooled last stage gives the
+    Fréchet-distance features (the layout of Page's fast CIFAR-10 ResNet and of airbench, written here).
+
+    stem conv -> 3 stages of [conv, 2x2 max-pool, BatchNorm, GELU] each followed by a residual pair of
+    [conv, BatchNorm, GELU] -> global max-pool (the features) -> linear layer scaled by 1/8 (the logits).
 
     Args:
-        in_channels: 3 (CIFAR-10) or 1 (MNIST padded to 32x32).
+        in_channels: 3 (CIFAR-10) or 1 (MNIST / Fashion-MNIST padded to 32x32).
         num_classes: number of classes.
-        width: channels of the first stage (doubled at each of the three stages).
-        feature_dim: size of the penultimate (feature) layer.
+        widths: channels of the stem and of the three stages; the features have ``widths[-1]`` entries.
 
     Shape:
         input: (N, C, 32, 32) float in [-1, 1]; ``forward`` returns logits (N, num_classes), ``features``
-        returns (N, feature_dim).
+        returns (N, widths[-1]).
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, feature_dim: int = 128):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128, 256)):
         super().__init__()
-        self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
-        layers, ch = [], in_channels
-        for out in (width, 2 * width, 4 * width):
-            for _ in range(2):
-                layers += [nn.Conv2d(ch, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-                ch = out
-            layers.append(nn.MaxPool2d(2))
-        self.body = nn.Sequential(*layers)
-        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(ch * 16, feature_dim), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        if len(widths) != 4:
+            raise ValueError(f"widths must give the stem and three stages (4 numbers), got {widths}")
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "widths": list(widths)}
+        self.feature_dim = widths[-1]
+        self.stem = _conv_bn(in_channels, widths[0])
+        self.stages = nn.ModuleList()
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            down = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                                 nn.BatchNorm2d(cout), nn.GELU())
+            self.stages.append(nn.ModuleList([down, nn.Sequential(_conv_bn(cout, cout), _conv_bn(cout, cout))]))
+        self.classifier = nn.Linear(widths[-1], num_classes, bias=False)
 
     def features(self, x: Tensor) -> Tensor:
-        return self.embed(self.body(x))
+        h = self.stem(x)
+        for down, residual in self.stages:
+            h = down(h)
+            h = h + residual(h)
+        return h.amax(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(x)) / 8
 
 
-def save_classifier(model: SmallCNN, directory: str | os.PathLike, metadata: dict) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (architecture, name, data set, accuracy)."""
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
+
+
+def save_classifier(model: ResNetClassifier, directory: str | os.PathLike, metadata: dict) -> Path:
+    """Write ``model.safetensors`` (float16) + ``config.json`` (architecture, name, data set, accuracy, and the
+    weights' SHA-256, the metric's identity in results files) atomically; returns the folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / CLASSIFIER_WEIGHTS))
-    (directory / CLASSIFIER_CONFIG).write_text(json.dumps({"architecture": model.config, **metadata}, indent=2))
+    state = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    atomic_write(directory / CLASSIFIER_WEIGHTS, lambda tmp: save_file(state, tmp))
+    config = {"architecture": model.config, **metadata, "sha256": file_sha256(directory / CLASSIFIER_WEIGHTS)}
+    atomic_write(directory / CLASSIFIER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return directory
 
 
-def load_classifier(directory: str | os.PathLike) -> tuple[SmallCNN, dict]:
-    """Load a classifier saved by :func:`save_classifier` (strictly), in eval mode and frozen.
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_classifier(directory: str | os.PathLike) -> tuple[ResNetClassifier, dict]:
+    """Load a classifier saved by :func:`save_classifier` (strictly, in float32), in eval mode and frozen.
 
     Raises:
         FileNotFoundError: the folder lacks the weights or the config (the message says how to make them).
+        ValueError: the weights' SHA-256 differs from the one in config.json.
     """
     directory = Path(directory)
     if not (directory / CLASSIFIER_WEIGHTS).is_file() or not (directory / CLASSIFIER_CONFIG).is_file():
         raise FileNotFoundError(f"no Fréchet-distance classifier in {directory}; train one with "
-                                f"python examples/train_fd_classifier.py --out {directory}")
+                                f"python benchmarks/fd_classifier.py --out {directory}")
     config = json.loads((directory / CLASSIFIER_CONFIG).read_text())
-    model = SmallCNN(**config["architecture"])
-    model.load_state_dict(load_file(str(directory / CLASSIFIER_WEIGHTS)), strict=True)
+    if "sha256" in config and file_sha256(directory / CLASSIFIER_WEIGHTS) != config["sha256"]:
+        raise ValueError(f"{directory / CLASSIFIER_WEIGHTS} does not match the SHA-256 in its config.json")
+    model = ResNetClassifier(**config["architecture"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(directory / CLASSIFIER_WEIGHTS)).items()}
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False), config
 
 
 class _ClassifierFeatures(nn.Module):
     """uint8 (N, C, 32, 32) images -> (N, feature_dim) float features, as torchmetrics expects."""
 
-    def __init__(self, classifier: SmallCNN):
+    def __init__(self, classifier: ResNetClassifier):
         super().__init__()
         self.classifier = classifier.eval().requires_grad_(False)
-        self.num_features = classifier.config["feature_dim"]
+        self.num_features = classifier.feature_dim
 
     def train(self, mode: bool = True) -> "_ClassifierFeatures":
         super().train(mode)
@@ -120,7 +147,7 @@ class FrechetDistance:
 
     Args:
         network: ``"inception"`` (FID; needs torch-fidelity and its cached weights, 3-channel data only),
-            a folder with a classifier from ``train_fd_classifier.py`` (``FD_<name>``), or ``"auto"``:
+            a folder with a classifier from ``benchmarks/fd_classifier.py`` (``FD_<name>``), or ``"auto"``:
             Inception when available, else ``classifier_dir``.
         real_images: (N, C, H, W) uint8 real images (e.g. this process's shard of the test split).
         classifier_dir: the classifier folder used by ``"auto"``.
