@@ -106,6 +106,8 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
                    help="RAdam (the paper's) or Adam (steadier for tiny, high-lr CPU runs: RAdam's first 5 steps are "
                         "un-normalised momentum steps)")
     g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    g.add_argument("--lr-warmup", type=int, default=0, metavar="STEPS",
+                   help="linear learning-rate warm-up: lr x min(1, (step + 1) / STEPS) (0: none)")
     g.add_argument("--ema-decay", type=float, default=0.9999,
                    help="EMA decay, warmed up as min(decay, (1 + step) / (10 + step))")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, noise and dropout")
@@ -134,6 +136,8 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.batch_size < 1 or args.steps < 0:
         p.error("--batch-size must be positive and --steps non-negative")
+    if args.lr_warmup < 0:
+        p.error("--lr-warmup must be non-negative")
     for name in ("log_every", "eval_every", "checkpoint_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -526,6 +530,9 @@ class Session:
                 self.model.train()
                 x0, gen = self.batch(self.step)
                 torch.manual_seed(seeded(args.seed, 3, self.rank, self.step).initial_seed())  # dropout masks of this step
+                if args.lr_warmup:  # a function of the step alone, so a resumed run continues it exactly
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = args.lr * min(1.0, (self.step + 1) / args.lr_warmup)
                 loss, distance = step_loss(x0, gen, self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()

@@ -143,7 +143,7 @@ def inception_available() -> bool:
 
 
 class FrechetDistance:
-    """Fréchet distance of generated images to a fixed set of real images.
+    """Fréchet distance (and optionally KID) of generated images to a fixed set of real images.
 
     Args:
         network: ``"inception"`` (FID; needs torch-fidelity and its cached weights, 3-channel data only),
@@ -153,17 +153,23 @@ class FrechetDistance:
         classifier_dir: the classifier folder used by ``"auto"``.
         device: where features are computed.
         batch_size: images per feature-network call.
+        kid_subset_size: also compute the kernel distance (KID, Bińkowski et al. 2018: unbiased squared MMD
+            with the cubic polynomial kernel, averaged over 100 random subsets of this size; torchmetrics'
+            ``KernelInceptionDistance``) in the same features; None: FD only. Needs at least this many real
+            and generated images.
 
     Attributes:
-        name: ``"FID"`` or ``"FD_<network>"``, the label to report the number under.
+        name: ``"FID"`` or ``"FD_<network>"``, the label to report the number under (KID: ``"KID_<network>"``).
+        config: the classifier's config.json (empty for Inception): name, data set, test accuracy, sha256.
 
     Raises:
         FileNotFoundError: no usable network (the message says how to train the classifier).
     """
 
     def __init__(self, network: str, real_images: Tensor, *, classifier_dir: str | os.PathLike | None = None,
-                 device: torch.device | str = "cpu", batch_size: int = 500):
+                 device: torch.device | str = "cpu", batch_size: int = 500, kid_subset_size: int | None = None):
         from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
 
         if network == "auto":
             if inception_available() and real_images.shape[1] == 3:
@@ -172,36 +178,50 @@ class FrechetDistance:
                 raise FileNotFoundError("Inception weights are not available and no classifier folder was given")
             else:
                 network = str(classifier_dir)
+        self.config: dict = {}
         if network == "inception":
-            self.metric = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=False)
+            feature: int | nn.Module = 2048
             self.name = "FID"
         else:
-            classifier, config = load_classifier(network)
-            self.metric = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False,
-                                                   normalize=False)
-            self.name = f"FD_{config.get('name', Path(network).name)}"
-        self.metric = self.metric.to(device)
+            classifier, self.config = load_classifier(network)
+            feature = _ClassifierFeatures(classifier)
+            self.name = f"FD_{self.config.get('name', Path(network).name)}"
+        self.metric = FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=False).to(device)
+        self.kid = None if kid_subset_size is None else KernelInceptionDistance(
+            feature=feature, subsets=100, subset_size=kid_subset_size, reset_real_features=False,
+            normalize=False).to(device)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self._rgb = network == "inception"
         for i in range(0, real_images.shape[0], batch_size):
-            self.metric.update(self._prepare(real_images[i:i + batch_size]), real=True)
+            self._update(real_images[i:i + batch_size], real=True)
 
-    def _prepare(self, images: Tensor) -> Tensor:
+    def _update(self, images: Tensor, real: bool) -> None:
         images = images.to(self.device)
         if self._rgb and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        return images
+        self.metric.update(images, real=real)
+        if self.kid is not None:
+            self.kid.update(images, real=real)
 
     def add_fake(self, images: Tensor) -> None:
         """Add generated images: float in [-1, 1] (quantised to uint8 like saved PNGs) or uint8."""
         if images.is_floating_point():
             images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         for i in range(0, images.shape[0], self.batch_size):
-            self.metric.update(self._prepare(images[i:i + self.batch_size]), real=False)
+            self._update(images[i:i + self.batch_size], real=False)
+
+    def scores(self) -> dict[str, float]:
+        """``{"fd"}`` (plus ``"kid"``, ``"kid_std"`` when KID is on) over all fakes added since the last call;
+        then forgets the fakes (the real statistics are kept)."""
+        result = {"fd": float(self.metric.compute())}
+        self.metric.reset()
+        if self.kid is not None:
+            mean, std = self.kid.compute()
+            result.update(kid=float(mean), kid_std=float(std))
+            self.kid.reset()
+        return result
 
     def compute(self) -> float:
-        """The distance over all fakes added since the last call (the real statistics are kept); then resets."""
-        value = float(self.metric.compute())
-        self.metric.reset()
-        return value
+        """The Fréchet distance over all fakes added since the last call (the real statistics are kept); then resets."""
+        return self.scores()["fd"]
