@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def export(checkpoint: str | Path, out: str | Path) -> dict:
         "last_eval": {k: v for k, v in last.items() if not k.startswith("grid_")},
         "environment": environment(torch.device("cpu")), "sha256": file_sha256(out / "model.safetensors"),
     }
+    grid = Path(last.get("grid_heun", ""))
+    if grid.is_file():  # the sample grid of the last evaluation, committed beside the weights
+        shutil.copyfile(grid, out / "heun_samples.png")
+        config["last_eval"]["grid_heun"] = "heun_samples.png"
     atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     fd = ", ".join(f"{k} {v:.2f}" for k, v in config["last_eval"].items() if k.startswith(("FD", "FID")))
     n, r = config["network"], config["recipe"]
@@ -66,7 +71,8 @@ def export(checkpoint: str | Path, out: str | Path) -> dict:
         f"- training: {config['steps']} steps at batch {r['batch_size']}, {r['optimizer']} lr {r['lr']} "
         f"(warm-up {r['lr_warmup']} steps), EMA {r['ema_decay']}, seed {r['seed']}; "
         f"{config['train_seconds'] / 3600:.2f} h training wall-clock on one CPU thread\n"
-        f"- quality of its Heun samples (18 steps, 35 evaluations) at the last evaluation: {fd or 'n/a'}\n"
+        f"- quality of its Heun samples (18 steps, 35 evaluations) at the last evaluation: {fd or 'n/a'} "
+        f"(grid: heun_samples.png)\n"
         f"- weights: model.safetensors = the EMA network, float16, SHA-256 {config['sha256']}\n"
         f"- exported at git commit {config['environment']['git_commit']}\n")
     return config

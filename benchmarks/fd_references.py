@@ -95,6 +95,7 @@ def references(dataset: str, metric_dir: str | Path, samples: int, *, fd_real: i
     if teacher is not None:
         sets["teacher_heun"] = lambda: teacher_images(teacher, samples, train.shape[1], seed)
     rows = {}
+    torch.manual_seed(seed)  # KID's random subsets
     for name in ROWS:
         if name in sets:
             fd.add_fake(sets[name]())
@@ -117,13 +118,13 @@ def check_order(values: dict[str, float], margin: float = MARGIN) -> dict[str, A
 
 
 def table(result: dict[str, Any]) -> str:
-    """Markdown rows: reference set, FD, KID (x 1e3) ± its std over subsets."""
+    """Markdown rows: reference set, FD, KID ± its std over subsets."""
     name = result["metric"]["name"]
-    body = [[row, f"{v['fd']:.2f}", f"{1e3 * v['kid']:.2f} ± {1e3 * v['kid_std']:.2f}" if "kid" in v else "n/a"]
+    body = [[row, f"{v['fd']:.2f}", f"{v['kid']:.4g} ± {v['kid_std']:.2g}" if "kid" in v else "n/a"]
             for row, v in result["rows"].items()]
     order = result["order"]
     verdict = ("holds" if order["holds"] else "does NOT hold") + ("" if order["complete"] else " (teacher row missing)")
-    return (markdown_table(["reference", name, f"KID_{name[3:]} x 1e3"], body) +
+    return (markdown_table(["reference", name, f"KID_{name[3:]}"], body) +
             f"\n\nOrdering floor < teacher < blurred 2 px < blurred noise by ratios >= {order['margin']}: {verdict} "
             f"({', '.join(f'{k} {v:.2f}' for k, v in order['ratios'].items())}); {result['samples']} images "
             f"against {result['fd_real']} test images.")

@@ -290,11 +290,20 @@ def init_weights(model: nn.Module, path: str, args: argparse.Namespace | None = 
 def load_denoiser(path: str, channels: int, device: torch.device) -> EDMDenoiser:
     """The EMA denoiser of a checkpoint, built from the network flags saved in it; frozen, in eval mode.
 
+    ``path`` is a ``checkpoint.pt`` of either example, or the ``model.safetensors`` of an exported teacher
+    (``benchmarks/export_teacher.py``), whose network flags are read from the ``config.json`` beside it.
+
     Raises:
         FileNotFoundError: no checkpoint at path. ValueError: the checkpoint records no network flags.
     """
-    checkpoint = load_checkpoint(path)
-    saved = checkpoint.get("args", {})
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        saved = json.loads((Path(path).parent / "config.json").read_text()).get("network", {})
+        checkpoint = {"ema": {k: v.float() for k, v in load_file(str(path)).items()}}
+    else:
+        checkpoint = load_checkpoint(path)
+        saved = checkpoint.get("args", {})
     if any(k not in saved for k in NETWORK_ARGS):
         raise ValueError(f"{path} does not record its network flags; pass a checkpoint.pt written by "
                          f"train_diffusion_model.py or train_consistency_model.py")
