@@ -3,8 +3,9 @@
 Runs the reference loop ``examples/train_consistency_model.py`` for every (data set, batch size, loss, seed)
 of a configuration and records the Fréchet distance of 1-step and 2-step samples of the EMA network against
 training iterations and training wall-clock (evaluation and checkpoint time excluded). The Fréchet distance
-is FID when Inception weights are cached, otherwise ``FD_cnn-<dataset>`` on a small classifier trained first
-by ``benchmarks/fd_classifier.py`` (never called FID). The headline is the share of ECT's iterations
+is FID when Inception weights are cached, otherwise ``FD_<net>`` in a classifier's features
+(``benchmarks/fd_classifier.py``; never called FID): the committed ``benchmarks/metrics/fd-<dataset>`` for the
+``evidence-*`` configurations, a small one trained first for the others. The headline is the share of ECT's iterations
 (and wall-clock) that each other loss needs to reach ECT's final 1-step quality (AYT reports about 1/10 on
 CIFAR-10 at batch 128, METHOD.md Sec. 6), from the mean curve over seeds, and AYT at batch 16 against ECT at
 batch 128.
@@ -21,6 +22,12 @@ Three regimes (``--config``):
   a random-init map of the same architecture (the control: does the manifold training matter?), AYT with
   the squared feature distance, LPIPS with AYT's direction (left out, with the reason, while its weights are
   absent);
+* **issue 19's protocol** - ``evidence-sweep-cpu`` (learning rates 1e-4 and 3e-4, seed 0), then
+  ``evidence-tune-cpu`` and ``evidence-distill-cpu`` (ECT, AYT, AYT with a random-init map, L2; 3 paired seeds)
+  from the committed teacher (``benchmarks/teachers/<dataset>``), with the metric's reference rows
+  (``fd_references.py``), 95 % confidence intervals, paired differences to ECT and iterations to ECT's final
+  only where ECT improved by >= 10 %; results record ``maps``, ``metric`` and ``references`` and are refused
+  from a dirty tree; ``evidence-smoke`` in CI;
 * **consistency distillation** from the same teacher (``--teacher``: one Heun step of the teacher's ODE from t
   to r) - ``distill-cpu``, ``distill-gpu``, ``distill-smoke``, on CIFAR-10: MFD as a loss value
   (``--direction raw``), MFD with AYT's direction, pseudo-Huber, L2 and LPIPS.
@@ -36,6 +43,9 @@ every finished run and writes the results:
                                                    benchmarks/README.md by benchmarks/update_readme.py
     benchmarks/results/convergence-<config>.png    FD against iterations (top) and training wall-clock (bottom)
     benchmarks/results/convergence-<config>-samples-<data>-bs<B>.png   the final 1-step samples of every loss
+
+The code is split along its seams: ``convergence_config.py`` (settings), ``convergence_runs.py`` (training and
+reading runs), ``convergence_stats.py`` (statistics), ``convergence_report.py`` (tables and figures).
 
 Rerun:  python benchmarks/convergence.py --config tune-cpu     (see benchmarks/README.md for the 2-core launch)
 GPU:    python benchmarks/convergence.py --config tune-gpu --device cuda

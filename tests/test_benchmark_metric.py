@@ -144,3 +144,24 @@ def test_teacher_export_and_teacher_row(tmp_path):
     assert json.loads((tmp_path / "teacher" / "config.json").read_text())["sha256"] == config["sha256"]
     samples = load_script(BENCHMARKS / "fd_references.py").teacher_images(run / "checkpoint.pt", 5, 1, batch=4)
     assert samples.shape == (5, 1, 32, 32) and samples.dtype == torch.uint8
+
+
+def test_evidence_chain_skips_finished_steps(tmp_path):
+    """benchmarks/evidence_steps.sh runs the first step whose output is missing; with every output there it exits 3."""
+    import subprocess
+
+    done = subprocess.run(["bash", "-c", "grep -o '^step [a-z0-9-]* \"[^\"]*\"' benchmarks/evidence_steps.sh"],
+                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(done) >= 8  # 3 classifiers, references, 3 teachers, the teacher's reference row
+    for line in done:
+        path = Path(line.split('"')[1].replace("$OUT", str(tmp_path)).replace("$M", str(tmp_path / "benchmarks/metrics"))
+                    .replace("$R", str(tmp_path / "benchmarks/results")))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    run = subprocess.run(["bash", "benchmarks/evidence_steps.sh"], cwd=ROOT, capture_output=True, text=True,
+                         env={"EVIDENCE_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHON": "false"})
+    assert run.returncode == 3 and "start" not in run.stdout
+    path.unlink()  # the last step's output missing: that step runs (here PYTHON=false, so it fails)
+    run = subprocess.run(["bash", "benchmarks/evidence_steps.sh"], cwd=ROOT, capture_output=True, text=True,
+                         env={"EVIDENCE_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHON": "false"})
+    assert run.returncode not in (0, 3) and "teacher-fashion-mnist: start" in run.stdout
