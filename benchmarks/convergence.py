@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     config["train_args"] = preset["train"]
     result: dict[str, Any] = {"environment": environment(args.device_obj, torch.float32), "config": config,
                               "losses_run": losses, "notes": notes,
-                              "denoisers": {d: {k: v for k, v in rec.items() if k != "checkpoint"}
-                                            for d, rec in denoisers.items()},
+                              "denoisers": denoisers,
                               **records(args, losses, classifiers, references), "groups": []}
     for group in groups.values():
         group["seconds_per_step"] = {k: sum(s for s in v if s) / max(1, sum(1 for s in v if s))
@@ -233,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if not args.no_plot:
         plot(result, out.with_suffix(".png"))
         result["sample_grids"] = plot_samples(result, out.with_suffix(""))
-    write_json(out, portable(result, {str(Path(args.work).resolve()): "$WORK", str(HERE.parent) + "/": ""}))
+    write_json(out, portable(result, {str(Path(args.work).resolve()): "$WORK", str(out.parent.resolve()) + "/": "",
+                                      str(HERE.parent) + "/": ""}))
     table = report(result)
     out.with_suffix(".md").write_text(table + "\n")
     print(f"\n{table}\n\nwrote {out} ({result['seconds']} s)")

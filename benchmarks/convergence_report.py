@@ -134,7 +134,7 @@ def plot(result: dict, path: Path) -> None:
 
 def plot_samples(result: dict, stem: Path) -> list[str]:
     """One PNG per group: a row per loss with its 1-step grids (seed 0) at the start, middle and end of the run,
-    and the teacher's Heun grid (if any) in a first row. Returns the file names written."""
+    and the teacher's Heun grid (if any) in a first row. Returns the paths written."""
     plt = pyplot()
     written, mode = [], result["config"]["mode"]
     for group in result["groups"]:
@@ -166,5 +166,5 @@ def plot_samples(result: dict, stem: Path) -> list[str]:
         path = Path(f"{stem}-samples-{group['dataset']}-bs{group['batch_size']}{lr_tag}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
-        written.append(path.name)
+        written.append(str(path))
     return written

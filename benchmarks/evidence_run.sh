@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The evidence run of issue 19 on one CPU core, as one resumable chain (metric classifiers, then teachers):
 #
-#   nohup bash benchmarks/evidence_run.sh > runs/evidence_run.log 2>&1 &
+#   PYTHON=.venv/bin/python nohup bash benchmarks/evidence_run.sh >> runs/evidence_run.log 2>&1 &
 #
 # Each round refreshes a clean, detached checkout of this branch's last commit (runs/evidence-src; results
 # record its git commit, never "+dirty") and runs the first unfinished step of benchmarks/evidence_steps.sh
@@ -12,7 +12,9 @@ ROOT=$(git rev-parse --show-toplevel)
 BRANCH=${EVIDENCE_BRANCH:-$(git -C "$ROOT" rev-parse --abbrev-ref HEAD)}
 SRC="$ROOT/runs/evidence-src"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 EVIDENCE_ROOT="$ROOT"
-export PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-python}
+case $PYTHON in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac  # steps run elsewhere
+export PYTHON
 [ -d "$SRC" ] || git -C "$ROOT" worktree add --detach "$SRC" "$BRANCH" || exit 1
 while true; do
     git -C "$SRC" checkout --detach -q "$BRANCH" || exit 1

@@ -178,8 +178,8 @@ def test_tuning_smoke_starts_every_loss_from_the_denoiser(tmp_path):
                         ([] if _plots() else ["--no-plot"]))
     teacher = result["denoisers"]["cifar10"]
     assert Path(teacher["checkpoint"]).is_file() and teacher["final_eval"]["step"] == 2
-    assert [k for k in teacher["final_eval"] if k.startswith("FD")] == ["FD_cnn-cifar10_heun"]
-    assert math.isfinite(teacher["final_eval"]["FD_cnn-cifar10_heun"])
+    assert [k for k in teacher["final_eval"] if k.startswith("FD")] == ["FD_resnet-cifar10_heun"]
+    assert math.isfinite(teacher["final_eval"]["FD_resnet-cifar10_heun"])
     assert set(result["losses_run"]) >= {"pseudo-huber", "mfd", "mfd-random", "mfd-squared"}
     group = result["groups"][0]
     starts = set()
