@@ -44,6 +44,9 @@ from mfd_loss.training.distributed import max_over_processes
 from mfd_loss.training.interrupt import StopRequested, exit_status, stop_reason
 from mfd_loss.training.reporting import check_report_to, make_reporter
 
+DATASETS = ("cifar10", "mnist", "fashion-mnist")
+METRICS = Path(__file__).resolve().parent.parent / "benchmarks" / "metrics"  # the committed FD classifiers
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist (apt install)
 # Flags that define the network: a checkpoint records them, --init and --teacher rebuild from them.
 NETWORK_ARGS = ("arch", "channels", "channel_mult", "num_blocks", "attention", "dropout")
 # Flags shared by both examples that define a run: resuming with another value is an error.
@@ -75,8 +78,8 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
     """Add the shared flag groups; returns them by name so an example can add its own flags to a group."""
     groups = {}
     g = groups["data"] = p.add_argument_group("data and output")
-    g.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10",
-                   help="training data (MNIST is padded to 32x32)")
+    g.add_argument("--dataset", choices=DATASETS, default="cifar10",
+                   help="training data (MNIST and Fashion-MNIST are padded to 32x32)")
     g.add_argument("--data-dir", default=None, help="folder holding cifar10/ and mnist/ (default: $MFD_DATA_DIR or shared/data)")
     g.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, samples/*.png")
     g.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt (an error if it is missing)")
@@ -104,6 +107,8 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
                    help="RAdam (the paper's) or Adam (steadier for tiny, high-lr CPU runs: RAdam's first 5 steps are "
                         "un-normalised momentum steps)")
     g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    g.add_argument("--lr-warmup", type=int, default=0, metavar="STEPS",
+                   help="linear learning-rate warm-up: lr x min(1, (step + 1) / STEPS) (0: none)")
     g.add_argument("--ema-decay", type=float, default=0.9999,
                    help="EMA decay, warmed up as min(decay, (1 + step) / (10 + step))")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, noise and dropout")
@@ -122,9 +127,9 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
                    help="real test images for the Fréchet statistics (0: the whole test split)")
     g.add_argument("--fd-network", default="auto", metavar="auto|inception|PATH|none",
                    help="Fréchet-distance features: Inception (FID) when its weights are cached, else the "
-                        "classifier folder from train_fd_classifier.py (reported as FD_<name>)")
+                        "classifier folder from benchmarks/fd_classifier.py (reported as FD_<name>)")
     g.add_argument("--fd-classifier", default=None, metavar="PATH",
-                   help="classifier folder used by --fd-network auto (default: runs/fd-<dataset>)")
+                   help="classifier folder used by --fd-network auto (default: the committed benchmarks/metrics/fd-<dataset>)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none",
                    help="also send log.jsonl's numbers and the sample grids to TensorBoard (OUT/tensorboard) or W&B")
@@ -134,6 +139,8 @@ def add_common_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentG
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.batch_size < 1 or args.steps < 0:
         p.error("--batch-size must be positive and --steps non-negative")
+    if args.lr_warmup < 0:
+        p.error("--lr-warmup must be non-negative")
     for name in ("log_every", "eval_every", "checkpoint_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -141,11 +148,42 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse
 
 
 # ------------------------------------------------------------------------------------------------- data
+
+
+def load_fashion_mnist(split: str, directory: str | None = None) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST (Xiao et al. 2017) from its gzipped idx files: (N, 1, 28, 28) uint8 and (N,) int64 labels.
+
+    ``directory`` defaults to $MFD_FASHION_MNIST_DIR, else Debian's /usr/share/datasets/fashion-mnist.
+
+    Raises:
+        ValueError: unknown split. FileNotFoundError: the idx files are missing (install them with
+        ``apt install dataset-fashion-mnist`` or point $MFD_FASHION_MNIST_DIR at a folder holding them).
+    """
+    import gzip
+
+    import numpy as np
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(directory or os.environ.get("MFD_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    prefix = "train" if split == "train" else "t10k"
+    paths = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not all(p.is_file() for p in paths):
+        raise FileNotFoundError(f"Fashion-MNIST idx files not found in {root}: apt install dataset-fashion-mnist, "
+                                f"or set MFD_FASHION_MNIST_DIR")
+    images = np.frombuffer(gzip.open(paths[0]).read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    labels = np.frombuffer(gzip.open(paths[1]).read(), np.uint8, offset=8).astype(np.int64)
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels)
+
+
 def load_images(dataset: str, split: str, data_dir: str | None = None) -> tuple[Tensor, Tensor]:
-    """uint8 (N, C, 32, 32) images and labels; MNIST's 28x28 digits are padded with background to 32x32."""
+    """uint8 (N, C, 32, 32) images and labels; the 28x28 MNIST and Fashion-MNIST images are padded with
+    background to 32x32 (``data_dir`` is not used for Fashion-MNIST: see :func:`load_fashion_mnist`)."""
     if dataset == "cifar10":
         return load_cifar10(split, data_dir)
-    images, labels = load_mnist(split, data_dir)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
+    images, labels = load_mnist(split, data_dir) if dataset == "mnist" else load_fashion_mnist(split)
     return F.pad(images, (2, 2, 2, 2)), labels
 
 
@@ -255,11 +293,20 @@ def init_weights(model: nn.Module, path: str, args: argparse.Namespace | None = 
 def load_denoiser(path: str, channels: int, device: torch.device) -> EDMDenoiser:
     """The EMA denoiser of a checkpoint, built from the network flags saved in it; frozen, in eval mode.
 
+    ``path`` is a ``checkpoint.pt`` of either example, or the ``model.safetensors`` of an exported teacher
+    (``benchmarks/export_teacher.py``), whose network flags are read from the ``config.json`` beside it.
+
     Raises:
         FileNotFoundError: no checkpoint at path. ValueError: the checkpoint records no network flags.
     """
-    checkpoint = load_checkpoint(path)
-    saved = checkpoint.get("args", {})
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        saved = json.loads((Path(path).parent / "config.json").read_text()).get("network", {})
+        checkpoint = {"ema": {k: v.float() for k, v in load_file(str(path)).items()}}
+    else:
+        checkpoint = load_checkpoint(path)
+        saved = checkpoint.get("args", {})
     if any(k not in saved for k in NETWORK_ARGS):
         raise ValueError(f"{path} does not record its network flags; pass a checkpoint.pt written by "
                          f"train_diffusion_model.py or train_consistency_model.py")
@@ -393,7 +440,7 @@ class Session:
             test_images, _ = load_images(args.dataset, "test", args.data_dir)
             test_images = test_images[:args.fd_real or None]
             self.fd = FrechetDistance(args.fd_network, test_images[self.rank::self.world], device=self.device,
-                                      classifier_dir=args.fd_classifier or f"runs/fd-{args.dataset}")
+                                      classifier_dir=args.fd_classifier or METRICS / f"fd-{args.dataset}")
         self.reporter = make_reporter(args.report_to if self.rank == 0 else "none",
                                       self.out / ("tensorboard" if args.report_to == "tensorboard" else ""),
                                       config=json.loads(json.dumps(vars(args), default=str)), name=self.out.name)
@@ -504,6 +551,9 @@ class Session:
                 self.model.train()
                 x0, gen = self.batch(self.step)
                 torch.manual_seed(seeded(args.seed, 3, self.rank, self.step).initial_seed())  # dropout masks of this step
+                if args.lr_warmup:  # a function of the step alone, so a resumed run continues it exactly
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = args.lr * min(1.0, (self.step + 1) / args.lr_warmup)
                 loss, distance = step_loss(x0, gen, self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()

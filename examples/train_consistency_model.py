@@ -19,7 +19,7 @@ D_theta and the MFD along the ODE per step, no second noise level; --loss mfd or
 Quick run on a CPU (a tiny U-Net and a tiny feature map; ~0.45 CPU-seconds per step with --loss mfd):
 
     mfd-loss train --data cifar10 --out runs/fmap-tiny --arch vgg11 --width 0.125 --steps 300 --batch-size 64
-    python examples/train_fd_classifier.py --dataset cifar10 --out runs/fd-cifar10
+    python benchmarks/fd_classifier.py --dataset cifar10 --out runs/fd-cifar10
     OMP_NUM_THREADS=1 python examples/train_consistency_model.py --out runs/ct-mfd --loss mfd \\
         --mfd-pretrained runs/fmap-tiny --steps 200 --batch-size 16 --channels 16 --channel-mult 1,2 \\
         --num-blocks 1 --attention none --optimizer adam --lr 1e-3 --ema-decay 0.99 --eval-every 100 \\

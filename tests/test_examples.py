@@ -150,11 +150,11 @@ def test_init_from_checkpoint(tmp_path):
 
 def test_frechet_distance_with_classifier(tmp_path):
     pytest.importorskip("torchmetrics")
-    from fd_metric import SmallCNN, save_classifier
+    from fd_metric import ResNetClassifier, save_classifier
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        save_classifier(SmallCNN(width=8, feature_dim=16).eval(), tmp_path / "fd", {"name": "tiny-test"})
+        save_classifier(ResNetClassifier(widths=(4, 8, 8, 16)).eval(), tmp_path / "fd", {"name": "tiny-test"})
     args = _args(tmp_path / "run", "--loss", "l2", "--steps", "1")
     args[args.index("--fd-network") + 1] = str(tmp_path / "fd")
     summary = example.main(example.parse_args([*args, "--fd-samples", "40"]))

@@ -211,13 +211,7 @@ def test_files_fit_in_one_sitting():
     assert not long, f"files over 400 lines in mfd_loss/: {long}"
 
 
-# benchmarks/convergence.py is being rewritten on its own branch (issue of the convergence study); it joins the
-# limit when that lands.
-BENCHMARKS_EXEMPT = {"benchmarks/convergence.py"}
-
-
 def test_benchmark_scripts_fit_in_one_sitting():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "benchmarks").rglob("*.py")
-            if str(p.relative_to(ROOT)) not in BENCHMARKS_EXEMPT
-            and (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
     assert not long, f"files over 450 lines in benchmarks/: {long}"
