@@ -70,7 +70,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
 
-from _common import RESULTS, environment, lpips_with_weights, parse_ints, resolve_device, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS, environment, lpips_with_weights, map_record, parse_ints, resolve_device, write_json,
+)
 
 import _training  # noqa: E402
 import fd_classifier as fdc  # noqa: E402
@@ -137,8 +139,6 @@ def records(args: argparse.Namespace, losses: list[str], classifiers: dict[str, 
     test_accuracy} and ``references`` (rows; per data set when several), without absolute paths."""
     from fd_metric import file_sha256
 
-    from mfd_loss.hub.pretrained import resolve_pretrained
-
     maps: dict[str, dict[str, Any]] = {}
     for loss in losses:
         argv = LOSSES[loss]
@@ -148,8 +148,7 @@ def records(args: argparse.Namespace, losses: list[str], classifiers: dict[str, 
             if "random" in argv:
                 entry = {"name": f"{dataset} architecture, random init (seed 0)", "sha256": None}
             else:
-                path = resolve_pretrained(dataset, local_files_only=True).path
-                entry = {"name": dataset, "sha256": file_sha256(path / "model.safetensors" if path.is_dir() else path)}
+                entry = map_record(dataset)
             maps.setdefault(loss, {})[dataset] = entry
     metrics = {}
     for dataset, folder in classifiers.items():
